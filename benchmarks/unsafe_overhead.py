@@ -1,0 +1,99 @@
+"""Single-threaded cost of UnsafeMap's checks, per operation, against a plain dict.
+
+Each operation runs over the same 1,000 string keys in the same loop shape for
+both maps; the ratio is UnsafeMap's time over the dict's, measured in one run
+(best of several repetitions, so a noisy neighbour inflates both or neither).
+The issue's bar is a ratio within 3x. A third column times a bare forwarding
+MutableMapping with no checks at all: the floor any pure-Python map class
+pays for being a class. Prints a markdown table.
+
+    python benchmarks/unsafe_overhead.py [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import timeit
+from collections.abc import Iterator, MutableMapping
+
+from ftmap import UnsafeMap
+
+KEYS = [f"key-{i}" for i in range(1000)]
+
+# name -> loop body, where `m` is the map under test and `k` the key.
+OPERATIONS = {
+    "m[k] (hit)": "for k in KEYS: m[k]",
+    "m.get(k)": "for k in KEYS: m.get(k)",
+    "k in m": "for k in KEYS: k in m",
+    "m[k] = v (replace)": "for k in KEYS: m[k] = 1",
+    "del m[k]; m[k] = v": "for k in KEYS:\n    del m[k]\n    m[k] = 1",
+    "m.setdefault(k, v)": "for k in KEYS: m.setdefault(k, 1)",
+    "len(m)": "for k in KEYS: len(m)",
+    "iteration step": "for k in m: pass",
+}
+
+
+class Forwarding(MutableMapping[str, int]):
+    """Every method forwards to a dict: no checks, only the cost of being a Python class."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: dict[str, int]) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str) -> int:
+        return self._data[key]
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        return self._data.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __setitem__(self, key: str, value: int) -> None:
+        self._data[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._data[key]
+
+    def setdefault(self, key: str, default: int = 0) -> int:
+        return self._data.setdefault(key, default)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+
+def per_op_ns(body: str, mapping: object, repeat: int) -> float:
+    namespace = {"KEYS": KEYS, "m": mapping}
+    number = 100
+    best = min(timeit.repeat(body, globals=namespace, number=number, repeat=repeat))
+    return best / number / len(KEYS) * 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    build = "GIL" if gil else "free-threaded, GIL off"
+    print(f"Python {platform.python_version()} ({build}), {platform.machine()}")
+    print()
+    print("| operation | dict ns/op | UnsafeMap ns/op | ratio | bare forwarding class ns/op | its ratio |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, body in OPERATIONS.items():
+        plain = per_op_ns(body, dict.fromkeys(KEYS, 0), args.repeat)
+        checked = per_op_ns(body, UnsafeMap(dict.fromkeys(KEYS, 0)), args.repeat)
+        floor = per_op_ns(body, Forwarding(dict.fromkeys(KEYS, 0)), args.repeat)
+        print(
+            f"| {name} | {plain:.1f} | {checked:.1f} | {checked / plain:.2f}x "
+            f"| {floor:.1f} | {floor / plain:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""ftmap: concurrent maps for free-threaded Python.
+
+- UnsafeMap: a dict that detects concurrent misuse across threads and reports
+  it as Go's runtime does.
+"""
+
+from ._errors import (
+    ConcurrentIterationError,
+    ConcurrentMapError,
+    ConcurrentReadWriteError,
+    ConcurrentWriteError,
+    ThreadInfo,
+)
+from ._unsafe import UnsafeMap, race_log
+
+__all__ = [
+    "ConcurrentIterationError",
+    "ConcurrentMapError",
+    "ConcurrentReadWriteError",
+    "ConcurrentWriteError",
+    "ThreadInfo",
+    "UnsafeMap",
+    "race_log",
+]
+
+__version__ = "0.1.0"

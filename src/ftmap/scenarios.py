@@ -1,0 +1,402 @@
+"""The five classic map races, as Python code, and the demo table that shows them.
+
+Each scenario is a pair of thread bodies sharing one map, and a measure of
+the damage they did. It runs with a plain dict (the damage), with UnsafeMap
+(the detection) and with a fix (zero damage). Each fix is run with UnsafeMap
+too, so it is shown to be synchronised, not merely lucky:
+
+1. iterate-while-write: one thread iterates the map while another writes it.
+2. check-then-act: ``if k not in m: m[k] = v`` from two threads claims keys twice.
+3. shared-counter: ``self.counts[k] = self.counts.get(k, 0) + 1`` loses counts.
+4. finalizer-read: a weakref callback (it runs on whichever thread drops the
+   last reference) iterates the map while another thread writes it; the
+   errors it raises are swallowed, as the interpreter swallows them.
+5. set-churn: threads toggle the same keys in a set-style map (values None).
+
+Synchronisation modes: "none" (the race), "lock" (one shared lock around
+each compound step; an RLock for scenario 4, whose callback may run on a
+thread that holds it), "queue" (the same steps, ownership handed off through
+a queue.Queue), "join" (the threads run one after another, each joined
+before the next starts: reads after join).
+
+    python -m ftmap.scenarios        # the demo table (make demo)
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, MutableMapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import ConcurrentMapError
+from ._threads import run_together
+from ._unsafe import UnsafeMap
+
+__all__ = ["SCENARIOS", "SYNC_MODES", "Outcome", "Scenario", "run_scenario"]
+
+SYNC_MODES = ("none", "lock", "queue", "join")
+AnyMap = MutableMapping[Any, Any]
+Guard = AbstractContextManager[Any]
+
+
+class QueueHandoff:
+    """A mutex made of a one-slot queue.Queue: holding the token is owning the map."""
+
+    def __init__(self) -> None:
+        self._token: queue.Queue[None] = queue.Queue(maxsize=1)
+        self._token.put(None)
+
+    def __enter__(self) -> None:
+        self._token.get()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._token.put(None)
+
+
+@dataclass
+class Tally:
+    """What one thread saw: counters for the damage measure, and the races it caught."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    errors: list[BaseException] = field(default_factory=list)
+
+    def add(self, name: str, n: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + n
+
+
+@dataclass
+class Outcome:
+    """One run of a scenario: the damage measured, the races detected, the errors raised."""
+
+    damage: int
+    damage_text: str
+    races: list[ConcurrentMapError]
+    errors: list[BaseException]
+    seconds: float
+
+
+Worker = Callable[[AnyMap, Guard, int, Tally], None]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    number: int
+    name: str
+    title: str
+    initial: Callable[[], dict[Any, Any]]
+    workers: tuple[Worker, Worker]
+    measure: Callable[[AnyMap, list[Tally], int], tuple[int, str]]
+    needs_reentrant_lock: bool = False
+
+
+def _stop_on_race(body: Callable[[], None], tally: Tally) -> None:
+    # A worker stops at the first race it detects, as a Go program stops at the fatal error;
+    # KeyError and RuntimeError are the damage a plain dict shows, counted and carried on.
+    try:
+        body()
+    except ConcurrentMapError as error:
+        tally.errors.append(error)
+
+
+# -- 1. iterate while another thread writes -------------------------------------
+
+
+def _writer_churn(m: AnyMap, guard: Guard, ops: int, tally: Tally) -> None:
+    def body() -> None:
+        for i in range(ops):
+            key = 10_000 + i % 64
+            with guard:
+                if i % 2:
+                    m.pop(key, None)
+                else:
+                    m[key] = i
+
+    _stop_on_race(body, tally)
+
+
+def _iterator(m: AnyMap, guard: Guard, ops: int, tally: Tally) -> None:
+    # Each iteration step counts as one operation.
+    def body() -> None:
+        steps = 0
+        while steps < ops:
+            try:
+                with guard:
+                    for _ in m:
+                        steps += 1
+                    steps += 1
+            except RuntimeError as error:
+                if isinstance(error, ConcurrentMapError):
+                    raise
+                tally.add("broken iterations")
+                steps += 1
+
+    _stop_on_race(body, tally)
+
+
+def _measure_iteration(m: AnyMap, tallies: list[Tally], ops: int) -> tuple[int, str]:
+    broken = sum(t.counts.get("broken iterations", 0) for t in tallies)
+    return broken, f"{broken} iterations broke (dict changed size)"
+
+
+# -- 2. check-then-act --------------------------------------------------------------
+
+
+def _claimer(m: AnyMap, guard: Guard, ops: int, tally: Tally) -> None:
+    def body() -> None:
+        for key in range(ops):
+            with guard:
+                if key not in m:
+                    m[key] = threading.get_ident()
+                    tally.add("claims")
+
+    _stop_on_race(body, tally)
+
+
+def _measure_claims(m: AnyMap, tallies: list[Tally], ops: int) -> tuple[int, str]:
+    claims = sum(t.counts.get("claims", 0) for t in tallies)
+    lost = claims - len(m)
+    return lost, f"{lost} keys claimed twice (lost updates)"
+
+
+# -- 3. a dict attribute of a shared object used as a counter ------------------------
+
+
+class _Stats:
+    def __init__(self, counts: AnyMap) -> None:
+        self.counts = counts
+
+    def hit(self, key: int) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+
+def _counter(m: AnyMap, guard: Guard, ops: int, tally: Tally) -> None:
+    stats = _Stats(m)
+
+    def body() -> None:
+        for i in range(ops):
+            with guard:
+                stats.hit(i % 8)
+            tally.add("increments")
+
+    _stop_on_race(body, tally)
+
+
+def _measure_counts(m: AnyMap, tallies: list[Tally], ops: int) -> tuple[int, str]:
+    expected = sum(t.counts.get("increments", 0) for t in tallies)
+    lost = expected - sum(m.values())
+    return lost, f"{lost} of {expected} increments lost"
+
+
+# -- 4. a map read from a finalizer --------------------------------------------------
+
+
+class _Resource:
+    """An object whose weakref callback reads the shared map when it dies."""
+
+
+def _registry_writer(m: AnyMap, guard: Guard, ops: int, tally: Tally) -> None:
+    def body() -> None:
+        for i in range(ops):
+            with guard:
+                if i % 2:
+                    m.pop(i % 16, None)
+                else:
+                    m[i % 16] = i
+
+    _stop_on_race(body, tally)
+
+
+def _finalizer_reader(m: AnyMap, guard: Guard, ops: int, tally: Tally) -> None:
+    # Each iteration step counts as one operation.
+    def on_collect() -> None:
+        # Runs on whichever thread drops the last reference. An exception here would
+        # be printed and ignored by the interpreter: count it instead.
+        steps = 1
+        try:
+            with guard:
+                for _ in m.items():
+                    steps += 1
+        except RuntimeError as error:
+            if isinstance(error, ConcurrentMapError):
+                tally.errors.append(error)
+            else:
+                tally.add("finalizer errors")
+        tally.add("steps", steps)
+
+    while tally.counts.get("steps", 0) < ops and not tally.errors:
+        resource = _Resource()
+        weakref.finalize(resource, on_collect)
+        del resource  # the callback runs here, on this thread
+
+
+def _measure_finalizers(m: AnyMap, tallies: list[Tally], ops: int) -> tuple[int, str]:
+    failed = sum(t.counts.get("finalizer errors", 0) for t in tallies)
+    return failed, f"{failed} finalizer errors (swallowed in real code)"
+
+
+# -- 5. high-churn set-style use -------------------------------------------------------
+
+
+def _toggler(m: AnyMap, guard: Guard, ops: int, tally: Tally) -> None:
+    def body() -> None:
+        for i in range(ops):
+            key = i % 32
+            try:
+                with guard:
+                    if key in m:
+                        del m[key]
+                        tally.add("removed")
+                    else:
+                        m[key] = None
+                        tally.add("added")
+            except KeyError:
+                tally.add("key errors")
+
+    _stop_on_race(body, tally)
+
+
+def _measure_churn(m: AnyMap, tallies: list[Tally], ops: int) -> tuple[int, str]:
+    added = sum(t.counts.get("added", 0) for t in tallies)
+    removed = sum(t.counts.get("removed", 0) for t in tallies)
+    key_errors = sum(t.counts.get("key errors", 0) for t in tallies)
+    drift = abs(len(m) - (added - removed))
+    return drift + key_errors, f"{key_errors} KeyErrors, size off by {drift}"
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        1,
+        "iterate-while-write",
+        "One thread iterates while another writes",
+        lambda: {i: i for i in range(1024)},
+        (_writer_churn, _iterator),
+        _measure_iteration,
+    ),
+    Scenario(
+        2,
+        "check-then-act",
+        "Check-then-act: if k not in m: m[k] = v",
+        dict,
+        (_claimer, _claimer),
+        _measure_claims,
+    ),
+    Scenario(
+        3,
+        "shared-counter",
+        "Counter dict on a shared object: m[k] = m.get(k, 0) + 1",
+        dict,
+        (_counter, _counter),
+        _measure_counts,
+    ),
+    Scenario(
+        4,
+        "finalizer-read",
+        "A weakref callback reads the map while another thread writes",
+        lambda: {i: i for i in range(256)},
+        (_registry_writer, _finalizer_reader),
+        _measure_finalizers,
+        needs_reentrant_lock=True,
+    ),
+    Scenario(
+        5,
+        "set-churn",
+        "Set-style churn: threads toggle the same keys",
+        dict,
+        (_toggler, _toggler),
+        _measure_churn,
+    ),
+)
+
+
+def _guard(scenario: Scenario, sync: str) -> Guard:
+    if sync == "lock":
+        return threading.RLock() if scenario.needs_reentrant_lock else threading.Lock()
+    if sync == "queue":
+        return QueueHandoff()
+    return nullcontext()
+
+
+def run_scenario(
+    scenario: Scenario,
+    map_type: Callable[[dict[Any, Any]], AnyMap] = UnsafeMap,
+    sync: str = "none",
+    ops: int = 20_000,
+    *,
+    pin: bool = True,
+) -> Outcome:
+    """Run one scenario once on two threads released together; measure what happened.
+
+    ``map_type`` builds the shared map from the initial content (dict or
+    UnsafeMap); ``sync`` is one of SYNC_MODES; ``ops`` is each thread's number
+    of operations. ``pin`` puts the two threads on separate CPUs where the
+    machine allows, so that they really run at the same time.
+    """
+    if sync not in SYNC_MODES:
+        raise ValueError(f"sync must be one of {SYNC_MODES}, not {sync!r}")
+    shared = map_type(scenario.initial())
+    guard = _guard(scenario, sync)
+    tallies = [Tally() for _ in scenario.workers]
+
+    def bind(worker: Worker, tally: Tally) -> Callable[[], None]:
+        return lambda: worker(shared, guard, ops, tally)
+
+    started = time.perf_counter()
+    run_together(
+        [bind(w, t) for w, t in zip(scenario.workers, tallies, strict=True)],
+        pin=pin,
+        sequential=sync == "join",
+    )
+    seconds = time.perf_counter() - started
+    damage, text = scenario.measure(shared, tallies, ops)
+    races = list(getattr(shared, "reports", []))
+    errors = [e for t in tallies for e in t.errors if not isinstance(e, ConcurrentMapError)]
+    return Outcome(damage, text, races, errors, seconds)
+
+
+# -- the demo ---------------------------------------------------------------------------
+
+
+def _first_line(error: BaseException, width: int) -> str:
+    text = str(error).split("\n", 1)[0]
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def demo(ops: int = 20_000, width: int = 70) -> str:
+    """Run every scenario with a dict, with UnsafeMap and with its fix; return a markdown table."""
+    rows = [
+        "| # | scenario | plain dict: damage | UnsafeMap: detection | fix (lock): damage, races |",
+        "|---|---|---|---|---|",
+    ]
+    for scenario in SCENARIOS:
+        plain = run_scenario(scenario, dict, "none", ops)
+        detected = run_scenario(scenario, UnsafeMap, "none", ops)
+        fixed = run_scenario(scenario, UnsafeMap, "lock", ops)
+        detection = _first_line(detected.races[0], width) if detected.races else "not detected this run"
+        lock = "RLock" if scenario.needs_reentrant_lock else "Lock"
+        rows.append(
+            f"| {scenario.number} | {scenario.title} | {plain.damage_text} | {detection} | "
+            f"{lock}: damage {fixed.damage}, {len(fixed.races)} races |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="The five map races: damage, detection and fix.")
+    parser.add_argument("--ops", type=int, default=20_000, help="operations per thread (default 20000)")
+    args = parser.parse_args()
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    print(f"Python {sys.version.split()[0]}, GIL {'on' if gil else 'off'}; 2 threads x {args.ops} ops each\n")
+    started = time.perf_counter()
+    print(demo(args.ops))
+    print(f"\n({time.perf_counter() - started:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The scenarios module and its demo, small and fast; the bars are in tests/stress."""
+
+from __future__ import annotations
+
+import pytest
+
+from ftmap import UnsafeMap
+from ftmap._threads import run_together
+from ftmap.scenarios import SCENARIOS, demo, run_scenario
+
+
+@pytest.mark.parametrize("sync", ["lock", "queue", "join"])
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+def test_synchronized_scenarios_do_no_damage(scenario, sync) -> None:  # type: ignore[no-untyped-def]
+    for map_type in (dict, UnsafeMap):
+        outcome = run_scenario(scenario, map_type, sync, 500, pin=False)
+        assert (outcome.damage, outcome.races, outcome.errors) == (0, [], []), outcome.damage_text
+
+
+def test_unknown_sync_mode_is_rejected() -> None:
+    with pytest.raises(ValueError, match="sync must be one of"):
+        run_scenario(SCENARIOS[0], dict, "spinlock")
+
+
+@pytest.mark.ftmap_races_expected
+@pytest.mark.thread_unsafe(reason="pins threads to CPUs")
+def test_demo_prints_one_row_per_scenario() -> None:
+    table = demo(ops=300).splitlines()
+    assert len(table) == 2 + len(SCENARIOS)
+    assert all(f"| {s.number} | {s.title} |" in row for s, row in zip(SCENARIOS, table[2:], strict=True))
+    assert all("damage 0, 0 races" in row for row in table[2:])
+
+
+def test_run_together_returns_results_in_order_and_collects_every_error() -> None:
+    assert run_together([lambda: 1, lambda: 2, lambda: 3]) == [1, 2, 3]
+    assert run_together([lambda: "a", lambda: "b"], sequential=True) == ["a", "b"]
+
+    def fail(message: str) -> None:
+        raise ValueError(message)
+
+    with pytest.raises(ExceptionGroup) as caught:
+        run_together([lambda: fail("x"), lambda: 1, lambda: fail("y")])
+    assert sorted(str(e) for e in caught.value.exceptions) == ["x", "y"]

@@ -1,0 +1,407 @@
+"""UnsafeMap: the dict protocol, and each detection made deterministic.
+
+A key whose __hash__ blocks holds one thread inside a map operation for as
+long as the test likes, so every race below is constructed, not hoped for.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import threading
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from typing import Any
+
+import pytest
+
+from ftmap import (
+    ConcurrentIterationError,
+    ConcurrentMapError,
+    ConcurrentReadWriteError,
+    ConcurrentWriteError,
+    ThreadInfo,
+    UnsafeMap,
+    race_log,
+)
+
+
+class BlockingKey:
+    """A key whose __hash__ waits until released: its caller stays inside the operation."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __hash__(self) -> int:
+        self.entered.set()
+        assert self.release.wait(10), "never released"
+        return 1
+
+    def __repr__(self) -> str:
+        return "BlockingKey()"
+
+
+class InThread:
+    """Run fn on another thread; join() returns its result or raises its exception."""
+
+    def __init__(self, fn: Callable[[], Any], name: str = "other") -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn,), name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            self.result = fn()
+        except BaseException as error:
+            self.error = error
+
+    def join(self) -> Any:
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def blocked_write(m: UnsafeMap[Any, Any], key: BlockingKey) -> InThread:
+    """Start a write of ``key`` on another thread and return once it is inside the write."""
+    writer = InThread(lambda: m.__setitem__(key, "blocked"), name="writer")
+    assert key.entered.wait(10)
+    return writer
+
+
+# -- the dict protocol -------------------------------------------------------------
+
+
+def test_is_a_mutable_mapping_and_generic() -> None:
+    m: UnsafeMap[str, int] = UnsafeMap[str, int]()
+    assert isinstance(m, MutableMapping)
+    assert not isinstance(m, dict)
+    with pytest.raises(TypeError):
+        hash(m)
+
+
+def test_construction_like_dict() -> None:
+    assert UnsafeMap({"a": 1}, b=2) == {"a": 1, "b": 2}
+    assert UnsafeMap([("a", 1), ("b", 2)]) == {"a": 1, "b": 2}
+    assert UnsafeMap.fromkeys("ab", 0) == {"a": 0, "b": 0}
+    assert UnsafeMap() == {}
+
+
+def test_single_key_operations_behave_as_dict() -> None:
+    m: UnsafeMap[str, int] = UnsafeMap()
+    m["a"] = 1
+    m["b"] = 2
+    m["a"] = 3
+    assert m["a"] == 3 and len(m) == 2
+    assert "a" in m and "z" not in m
+    assert m.get("z") is None and m.get("z", 9) == 9 and m.get("a", 9) == 3
+    with pytest.raises(KeyError):
+        m["z"]
+    del m["a"]
+    with pytest.raises(KeyError):
+        del m["a"]
+    assert m == {"b": 2}
+    assert m.setdefault("b", 5) == 2 and m.setdefault("c", 5) == 5
+    assert m.pop("c") == 5 and m.pop("c", None) is None
+    with pytest.raises(KeyError):
+        m.pop("c")
+
+
+def test_popitem_is_lifo_and_raises_when_empty() -> None:
+    m = UnsafeMap(a=1, b=2)
+    assert m.popitem() == ("b", 2)
+    assert m.popitem() == ("a", 1)
+    with pytest.raises(KeyError):
+        m.popitem()
+
+
+def test_update_clear_and_merge_operators() -> None:
+    m = UnsafeMap(a=1)
+    m.update({"b": 2})
+    m.update([("c", 3)], d=4)
+    m.update(UnsafeMap(e=5))
+    assert m == dict(a=1, b=2, c=3, d=4, e=5)
+    merged = m | {"a": 0}
+    assert isinstance(merged, UnsafeMap) and merged["a"] == 0 and m["a"] == 1
+    right = {"z": 1} | UnsafeMap(a=1)
+    assert isinstance(right, UnsafeMap) and list(right) == ["z", "a"]
+    m |= {"f": 6}
+    assert m["f"] == 6
+    m.clear()
+    assert m == {} and len(m) == 0
+
+
+def test_iteration_and_views_follow_insertion_order() -> None:
+    m = UnsafeMap(a=1, b=2, c=3)
+    assert list(m) == ["a", "b", "c"]
+    assert list(reversed(m)) == ["c", "b", "a"]
+    assert list(m.keys()) == ["a", "b", "c"] and list(reversed(m.keys())) == ["c", "b", "a"]
+    assert list(m.values()) == [1, 2, 3]
+    assert list(m.items()) == [("a", 1), ("b", 2), ("c", 3)]
+    assert "a" in m.keys()  # noqa: SIM118  (the view itself is under test)
+    assert 2 in m.values() and ("c", 3) in m.items() and ("c", 4) not in m.items()
+    assert len(m.keys()) == len(m.values()) == len(m.items()) == 3
+    assert m.keys() == {"a", "b", "c"}
+
+
+def test_equality_repr_copy_and_pickle() -> None:
+    m = UnsafeMap(a=1)
+    assert m == {"a": 1} and m == UnsafeMap(a=1)
+    assert m != {"a": 2}
+    assert m != [("a", 1)]
+
+    class OtherMapping(Mapping[str, int]):
+        def __getitem__(self, key: str) -> int:
+            return {"a": 1}[key]
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(["a"])
+
+        def __len__(self) -> int:
+            return 1
+
+    assert m == OtherMapping()
+    assert repr(m) == "UnsafeMap({'a': 1})"
+    for duplicate in (m.copy(), copy.copy(m), pickle.loads(pickle.dumps(m))):
+        assert isinstance(duplicate, UnsafeMap) and duplicate == m
+        duplicate["b"] = 2
+        assert "b" not in m
+
+
+def test_own_modification_during_own_iteration_raises_like_dict() -> None:
+    m = UnsafeMap(a=1, b=2)
+    with pytest.raises(RuntimeError, match="changed size") as caught:
+        for key in m:
+            m[key + "!"] = 0
+    assert not isinstance(caught.value, ConcurrentMapError)
+    assert m.reports == []
+    for key in m:  # a same-size change is allowed by dict, so here too
+        m[key] = 5
+    assert m.reports == []
+
+
+def test_nested_write_from_the_same_thread_is_not_a_race() -> None:
+    m: UnsafeMap[Any, int] = UnsafeMap()
+
+    class Reentrant:
+        def __hash__(self) -> int:
+            m["inner"] = 1  # a write while this thread is inside m[self] = ...
+            return 7
+
+    m[Reentrant()] = 2
+    assert m["inner"] == 1 and len(m) == 2 and m.reports == []
+
+
+# -- bad input leaves the map intact and unclaimed ----------------------------------
+
+
+def test_unhashable_key_raises_typeerror_and_changes_nothing() -> None:
+    m = UnsafeMap(a=1)
+    with pytest.raises(TypeError):
+        m[["list"]] = 1  # type: ignore[index]
+    with pytest.raises(TypeError):
+        m.setdefault(["list"], 1)  # type: ignore[arg-type]
+    assert m == {"a": 1}
+
+
+def test_failing_hash_releases_the_write_claim() -> None:
+    m = UnsafeMap(a=1)
+
+    class BadHash:
+        def __hash__(self) -> int:
+            raise ValueError("no hash")
+
+    with pytest.raises(ValueError):
+        m[BadHash()] = 1  # type: ignore[index]
+    with pytest.raises(ValueError):
+        del m[BadHash()]  # type: ignore[arg-type]
+    assert m == {"a": 1}
+    # Another thread writes now: a claim left behind would be reported as a race.
+    InThread(lambda: m.__setitem__("b", 2)).join()
+    assert m == {"a": 1, "b": 2} and m.reports == []
+
+
+# -- detection across threads --------------------------------------------------------
+
+
+@pytest.mark.ftmap_races_expected
+def test_write_during_another_threads_write_is_reported_and_not_performed() -> None:
+    m: UnsafeMap[Any, str] = UnsafeMap()
+    key = BlockingKey()
+    writer = blocked_write(m, key)
+    try:
+        with pytest.raises(ConcurrentWriteError) as caught:
+            m["mine"] = "x"
+    finally:
+        key.release.set()
+    writer.join()
+    error = caught.value
+    assert str(error).startswith("concurrent map writes: write of key 'mine'")
+    assert error.operation == "write" and error.has_key and error.key == "mine"
+    assert error.thread == ThreadInfo(threading.current_thread().name, threading.get_ident())
+    assert error.other_thread == ThreadInfo("writer", writer.thread.ident)  # type: ignore[arg-type]
+    assert "mine" not in m and m[key] == "blocked"
+    assert m.reports == [error]
+
+
+@pytest.mark.ftmap_races_expected
+@pytest.mark.parametrize(
+    ("name", "write"),
+    [
+        ("delete", lambda m: m.__delitem__("a")),
+        ("pop", lambda m: m.pop("a")),
+        ("popitem", lambda m: m.popitem()),
+        ("setdefault", lambda m: m.setdefault("new", 1)),
+        ("update", lambda m: m.update(new=1)),
+        ("clear", lambda m: m.clear()),
+    ],
+)
+def test_every_kind_of_write_is_checked(name: str, write: Callable[[UnsafeMap[Any, Any]], object]) -> None:
+    m: UnsafeMap[Any, Any] = UnsafeMap(a=1)
+    key = BlockingKey()
+    writer = blocked_write(m, key)
+    try:
+        with pytest.raises(ConcurrentWriteError, match=f"^concurrent map writes: {name}"):
+            write(m)
+    finally:
+        key.release.set()
+    writer.join()
+    assert m["a"] == 1 and len(m) == 2
+
+
+@pytest.mark.ftmap_races_expected
+@pytest.mark.parametrize(
+    ("name", "read"),
+    [
+        ("read", lambda m: m["a"]),
+        ("read", lambda m: m.get("a")),
+        ("contains", lambda m: "a" in m),
+        ("len", len),
+        ("repr", repr),
+        ("compare", lambda m: m == {}),
+        ("copy", lambda m: m.copy()),
+    ],
+)
+def test_read_during_another_threads_write_is_reported(
+    name: str, read: Callable[[UnsafeMap[Any, Any]], object]
+) -> None:
+    m: UnsafeMap[Any, Any] = UnsafeMap(a=1)
+    key = BlockingKey()
+    writer = blocked_write(m, key)
+    try:
+        with pytest.raises(ConcurrentReadWriteError, match=f"^concurrent map read and map write: {name}"):
+            read(m)
+    finally:
+        key.release.set()
+    writer.join()
+
+
+@pytest.mark.ftmap_races_expected
+def test_write_that_begins_and_ends_inside_a_read_is_reported() -> None:
+    # Go checks only when a read starts; this read is overtaken by a whole write.
+    key = BlockingKey()
+    m: UnsafeMap[Any, Any] = UnsafeMap()
+    reader = InThread(lambda: m.get(key), name="reader")
+    assert key.entered.wait(10)
+    m["x"] = 1  # a complete write while the reader is inside get()
+    key.release.set()
+    with pytest.raises(ConcurrentReadWriteError) as caught:
+        reader.join()
+    assert caught.value.thread.name == "reader"
+    assert caught.value.other_thread.ident == threading.get_ident()
+
+
+@pytest.mark.ftmap_races_expected
+@pytest.mark.parametrize(
+    "make_iterator", [iter, lambda m: iter(m.keys()), lambda m: iter(m.values()), lambda m: iter(m.items())]
+)
+def test_write_between_iteration_steps_is_reported(make_iterator: Callable[[Any], Iterator[Any]]) -> None:
+    m = UnsafeMap(a=1, b=2, c=3)
+    steps = make_iterator(m)
+    next(steps)
+    writer = InThread(lambda: m.__setitem__("a", 10), name="writer")
+    writer.join()  # the same size: dict itself would not notice
+    with pytest.raises(ConcurrentIterationError, match=r"^concurrent map iteration and map write") as caught:
+        next(steps)
+    # The writer has exited: its ident is known, its name is not.
+    assert caught.value.other_thread == ThreadInfo("<exited>", writer.thread.ident)  # type: ignore[arg-type]
+    assert not caught.value.has_key
+
+
+@pytest.mark.ftmap_races_expected
+def test_iteration_step_during_a_write_in_progress_is_reported() -> None:
+    m: UnsafeMap[Any, Any] = UnsafeMap(a=1)
+    key = BlockingKey()
+    writer = blocked_write(m, key)
+    try:
+        with pytest.raises(ConcurrentIterationError):
+            list(m)
+    finally:
+        key.release.set()
+    writer.join()
+
+
+def test_abandoned_iterator_is_not_a_race() -> None:
+    m = UnsafeMap(a=1, b=2)
+    steps = iter(m)
+    next(steps)  # left unfinished and never advanced again
+    InThread(lambda: m.__setitem__("c", 3)).join()
+    assert list(m) == ["a", "b", "c"] and m.reports == []
+
+
+def test_access_after_join_is_not_a_race() -> None:
+    m: UnsafeMap[int, int] = UnsafeMap()
+    InThread(lambda: [m.__setitem__(i, i) for i in range(1000)]).join()
+    assert sum(m.values()) == sum(range(1000)) and len(m) == 1000
+    InThread(m.clear).join()
+    assert m == {} and m.reports == []
+
+
+# -- reporting -----------------------------------------------------------------------
+
+
+@pytest.mark.thread_unsafe(reason="counts the process-wide race log")
+@pytest.mark.ftmap_races_expected
+def test_detection_is_recorded_on_the_map_and_in_the_race_log() -> None:
+    before = race_log.total
+    m: UnsafeMap[Any, Any] = UnsafeMap()
+    key = BlockingKey()
+    writer = blocked_write(m, key)
+    try:
+        with pytest.raises(ConcurrentReadWriteError):
+            m.get("a")
+        with pytest.raises(ConcurrentWriteError):
+            m["a"] = 1
+    finally:
+        key.release.set()
+    writer.join()
+    assert len(m.reports) == 2
+    assert race_log.total == before + 2
+    assert list(race_log.recent)[-2:] == m.reports
+
+
+def test_errors_are_runtime_errors_that_pickle() -> None:
+    one, two = ThreadInfo("a", 1), ThreadInfo("b", 2)
+    for kind in (ConcurrentWriteError, ConcurrentReadWriteError, ConcurrentIterationError):
+        error = kind("write", one, two, ("k", 1))
+        assert isinstance(error, ConcurrentMapError) and isinstance(error, RuntimeError)
+        restored = pickle.loads(pickle.dumps(error))
+        assert type(restored) is kind and str(restored) == str(error) and restored.key == ("k", 1)
+    keyless = ConcurrentIterationError("iterate", one, two)
+    assert not keyless.has_key and keyless.key is None
+    assert str(keyless) == (
+        "concurrent map iteration and map write: iterate in thread 'a' (ident 1) "
+        "overlapped a write in thread 'b' (ident 2)"
+    )
+    assert not pickle.loads(pickle.dumps(keyless)).has_key
+
+
+def test_report_survives_a_key_with_a_broken_repr() -> None:
+    class BadRepr:
+        def __repr__(self) -> str:
+            raise ValueError
+
+    error = ConcurrentWriteError("write", ThreadInfo("a", 1), ThreadInfo("b", 2), BadRepr())
+    assert "<BadRepr object>" in str(error)
