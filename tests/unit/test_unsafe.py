@@ -10,6 +10,7 @@ import copy
 import pickle
 import threading
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -64,11 +65,17 @@ class InThread:
         return self.result
 
 
-def blocked_write(m: UnsafeMap[Any, Any], key: BlockingKey) -> InThread:
-    """Start a write of ``key`` on another thread and return once it is inside the write."""
+@contextmanager
+def another_thread_writing(m: UnsafeMap[Any, Any]) -> Iterator[InThread]:
+    """Hold a thread named "writer" inside ``m[key] = "blocked"`` for the body's length."""
+    key = BlockingKey()
     writer = InThread(lambda: m.__setitem__(key, "blocked"), name="writer")
     assert key.entered.wait(10)
-    return writer
+    try:
+        yield writer
+    finally:
+        key.release.set()
+        writer.join()
 
 
 # -- the dict protocol -------------------------------------------------------------
@@ -229,20 +236,14 @@ def test_failing_hash_releases_the_write_claim() -> None:
 @pytest.mark.ftmap_races_expected
 def test_write_during_another_threads_write_is_reported_and_not_performed() -> None:
     m: UnsafeMap[Any, str] = UnsafeMap()
-    key = BlockingKey()
-    writer = blocked_write(m, key)
-    try:
-        with pytest.raises(ConcurrentWriteError) as caught:
-            m["mine"] = "x"
-    finally:
-        key.release.set()
-    writer.join()
+    with another_thread_writing(m) as writer, pytest.raises(ConcurrentWriteError) as caught:
+        m["mine"] = "x"
     error = caught.value
     assert str(error).startswith("concurrent map writes: write of key 'mine'")
     assert error.operation == "write" and error.has_key and error.key == "mine"
     assert error.thread == ThreadInfo(threading.current_thread().name, threading.get_ident())
     assert error.other_thread == ThreadInfo("writer", writer.thread.ident)  # type: ignore[arg-type]
-    assert "mine" not in m and m[key] == "blocked"
+    assert "mine" not in m and list(m.values()) == ["blocked"]
     assert m.reports == [error]
 
 
@@ -260,14 +261,11 @@ def test_write_during_another_threads_write_is_reported_and_not_performed() -> N
 )
 def test_every_kind_of_write_is_checked(name: str, write: Callable[[UnsafeMap[Any, Any]], object]) -> None:
     m: UnsafeMap[Any, Any] = UnsafeMap(a=1)
-    key = BlockingKey()
-    writer = blocked_write(m, key)
-    try:
-        with pytest.raises(ConcurrentWriteError, match=f"^concurrent map writes: {name}"):
-            write(m)
-    finally:
-        key.release.set()
-    writer.join()
+    with (
+        another_thread_writing(m),
+        pytest.raises(ConcurrentWriteError, match=f"^concurrent map writes: {name}"),
+    ):
+        write(m)
     assert m["a"] == 1 and len(m) == 2
 
 
@@ -288,14 +286,9 @@ def test_read_during_another_threads_write_is_reported(
     name: str, read: Callable[[UnsafeMap[Any, Any]], object]
 ) -> None:
     m: UnsafeMap[Any, Any] = UnsafeMap(a=1)
-    key = BlockingKey()
-    writer = blocked_write(m, key)
-    try:
-        with pytest.raises(ConcurrentReadWriteError, match=f"^concurrent map read and map write: {name}"):
-            read(m)
-    finally:
-        key.release.set()
-    writer.join()
+    expected = f"^concurrent map read and map write: {name}"
+    with another_thread_writing(m), pytest.raises(ConcurrentReadWriteError, match=expected):
+        read(m)
 
 
 @pytest.mark.ftmap_races_expected
@@ -333,14 +326,8 @@ def test_write_between_iteration_steps_is_reported(make_iterator: Callable[[Any]
 @pytest.mark.ftmap_races_expected
 def test_iteration_step_during_a_write_in_progress_is_reported() -> None:
     m: UnsafeMap[Any, Any] = UnsafeMap(a=1)
-    key = BlockingKey()
-    writer = blocked_write(m, key)
-    try:
-        with pytest.raises(ConcurrentIterationError):
-            list(m)
-    finally:
-        key.release.set()
-    writer.join()
+    with another_thread_writing(m), pytest.raises(ConcurrentIterationError):
+        list(m)
 
 
 def test_abandoned_iterator_is_not_a_race() -> None:
@@ -367,16 +354,11 @@ def test_access_after_join_is_not_a_race() -> None:
 def test_detection_is_recorded_on_the_map_and_in_the_race_log() -> None:
     before = race_log.total
     m: UnsafeMap[Any, Any] = UnsafeMap()
-    key = BlockingKey()
-    writer = blocked_write(m, key)
-    try:
+    with another_thread_writing(m):
         with pytest.raises(ConcurrentReadWriteError):
             m.get("a")
         with pytest.raises(ConcurrentWriteError):
             m["a"] = 1
-    finally:
-        key.release.set()
-    writer.join()
     assert len(m.reports) == 2
     assert race_log.total == before + 2
     assert list(race_log.recent)[-2:] == m.reports
