@@ -110,7 +110,7 @@ class UnsafeMap(MutableMapping[K, V]):
     # _state[WRITER]: the ident of the thread inside a write, present only for the
     #   span of that write. Taken with one atomic setdefault, so of two overlapping
     #   writes the second always finds the first; only the taker removes it.
-    # _state[1]: the ident object stored by the last finished write, a new int
+    # _state[LAST]: the ident object stored by the last finished write, a new int
     #   object per write (get_ident allocates it): compared by identity it tells an
     #   iterator whether any write finished since it last looked, and who wrote.
     # reports: each race detected on this map, in order (list.append is atomic).
@@ -130,13 +130,13 @@ class UnsafeMap(MutableMapping[K, V]):
     def _check_read(self, kind: type[ConcurrentMapError], op: str, key: object, noted: int | None) -> None:
         """Raise ``kind`` if another thread's write overlapped this read.
 
-        ``noted`` is the LAST ident object the read saw when it began, or None
+        ``noted`` is the _state[LAST] object the read saw when it began, or None
         to check only for a write in progress.
         """
         me = _get_ident()
         other = self._state.get(WRITER)
         if other is None or other == me:
-            last = self._state[1]
+            last = self._state[LAST]
             other = last if noted is not None and last is not noted and last != me else None
         if other is not None:
             raise self._report(kind(op, ThreadInfo.of(me), ThreadInfo.of(other), key))
