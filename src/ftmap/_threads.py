@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -40,7 +41,8 @@ def run_together(
     together as an ExceptionGroup once all threads ended. ``pin`` puts each
     thread on its own CPU (see pin_to_own_cpu). ``sequential`` runs them one
     after another instead, each started after the previous one was joined.
-    A thread still running after ``timeout`` seconds is reported as an error.
+    A thread still running ``timeout`` seconds after the start is reported as
+    a TimeoutError (and left running: a thread cannot be stopped from outside).
     """
     results: list[R | None] = [None] * len(fns)
     errors: list[BaseException] = []
@@ -59,13 +61,14 @@ def run_together(
         threading.Thread(target=body, args=(i, fn), name=f"ftmap-worker-{i}", daemon=True)
         for i, fn in enumerate(fns)
     ]
-    started = threads if not sequential else []
-    for thread in started:
-        thread.start()
+    if not sequential:
+        for thread in threads:
+            thread.start()
+    deadline = time.monotonic() + timeout
     for thread in threads:
         if sequential:
             thread.start()
-        thread.join(timeout)
+        thread.join(max(0.0, deadline - time.monotonic()))
         if thread.is_alive():
             errors.append(TimeoutError(f"{thread.name} still running after {timeout} s"))
     if errors:

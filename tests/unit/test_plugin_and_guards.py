@@ -100,3 +100,26 @@ def test_session_fails_at_once_when_the_gil_is_forced_on(tmp_path: Path) -> None
     assert run.returncode == 3, run.stdout + run.stderr
     assert "the GIL is enabled on a free-threaded build" in run.stdout + run.stderr
     assert "PYTHON_GIL=1 or -X gil=1" in run.stdout + run.stderr
+
+
+SEEDED = """
+from ftmap.testing import run_threads
+
+def test_seeded(ftmap_seed):
+    run = run_threads(lambda index, rng: rng.randrange(10**9), threads=2, seed=ftmap_seed)
+    print("draws", [t.results for t in run.threads])
+    assert False
+"""
+
+
+@pytest.mark.thread_unsafe(reason="pytester changes the working directory")
+def test_ftmap_seed_is_reported_on_failure_and_replays_the_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(SEEDED)
+    first = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    first.assert_outcomes(failed=1)
+    seed_line = next(line for line in first.outlines if "replay with --ftmap-seed=" in line)
+    seed = seed_line.rsplit("=", 1)[1]
+    draws = next(line for line in first.outlines if line.startswith("draws"))
+    again = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--ftmap-seed={seed}")
+    assert draws in again.outlines
+    assert f"ftmap_seed was {seed}: replay with --ftmap-seed={seed}" in again.outlines

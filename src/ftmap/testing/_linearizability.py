@@ -11,11 +11,11 @@ linearizable if the history of each key is.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
-__all__ = ["MISSING", "CheckResult", "KeyValueModel", "Model", "Operation", "check_linearizable", "recorded"]
+__all__ = ["MISSING", "CheckResult", "DeadEnd", "KeyValueModel", "Model", "Operation", "check_linearizable"]
 
 S = TypeVar("S", bound=Hashable)
 
@@ -55,6 +55,7 @@ class Operation:
     result: Any
     call: int
     ret: int
+    error: BaseException | None = None
 
     def __post_init__(self) -> None:
         if self.ret < self.call:
@@ -62,43 +63,167 @@ class Operation:
 
     def describe(self, origin: int = 0) -> str:
         args = ", ".join(map(repr, self.args))
-        return (
-            f"thread {self.thread}: {self.name}({args}) -> {self.result!r}"
-            f"  [{self.call - origin} .. {self.ret - origin}] ns"
-        )
+        outcome = f"raised {self.error!r}" if self.error is not None else f"-> {self.result!r}"
+        interval = f"[{self.call - origin} .. {self.ret - origin}] ns"
+        return f"thread {self.thread}: {self.name}({args}) {outcome}  {interval}"
 
 
-class Model(Protocol[S]):
-    """What the checker needs to know of an object: its states and how operations move them."""
+class Model(Generic[S]):
+    """What the checker knows of an object: its states and how operations move them.
+
+    Subclass it, or pass any object with ``init`` and ``step`` (and, if the
+    object's operations split into independent groups, ``partition``).
+    States must be hashable: the search remembers the ones it has explored.
+    """
 
     def init(self) -> S:
         """The state before any operation."""
-        ...
+        raise NotImplementedError
 
     def step(self, state: S, op: Operation) -> tuple[bool, S]:
-        """Whether ``op`` with its recorded result is legal in ``state``, and the state after it."""
-        ...
+        """Whether ``op``, with its recorded result, is legal in ``state``; and the state after it."""
+        raise NotImplementedError
 
     def partition(self, history: Sequence[Operation]) -> list[list[Operation]]:
-        """Independent sub-histories (e.g. one per key); ``[list(history)]`` if there are none."""
-        ...
+        """Independent sub-histories, each checked alone (P-compositionality); by default one."""
+        return [list(history)]
 
 
-class KeyValueModel:
-    """A map, checked one key at a time: a register per key.
+def _same(a: Any, b: Any) -> bool:
+    # Identity first, then ==: as the maps compare values, and safe for MISSING.
+    return a is b or (a is not MISSING and b is not MISSING and a == b)
 
-    Operation names, arguments and recorded results (``MISSING`` stands for an
-    absent key):
 
-    - ``get(k) -> value or MISSING``
-    - ``set(k, v) -> anything``; ``delete(k) -> anything``
-    - ``pop(k) -> value or MISSING`` (removes)
-    - ``cas(k, old, new) -> bool`` (``old`` may be MISSING: insert if absent)
-    - ``load_or_store(k, v) -> (value, loaded)``
-    - ``swap(k, v) -> (previous or MISSING, loaded)``
-    - ``merge(k, v, fn) -> new value``: fn(old, v) if present, else v
-    - ``compute(k, fn) -> new value or MISSING``: fn(old or MISSING); MISSING deletes
+Step = Callable[[Any, tuple[Any, ...], Any], tuple[bool, Any]]
+
+
+def _get(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
+    return _same(result, state), state
+
+
+def _set(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
+    return True, args[1]
+
+
+def _delete(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
+    return True, MISSING
+
+
+def _pop(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
+    return _same(result, state), MISSING
+
+
+def _contains(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
+    return result == (state is not MISSING), state
+
+
+def _setdefault(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
+    after = args[1] if state is MISSING else state
+    return _same(result, after), after
+
+
+def _cas(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
+    swapped = _same(state, args[1])
+    return result == swapped, args[2] if swapped else state
+
+
+def _compare_and_delete(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
+    deleted = state is not MISSING and _same(state, args[1])
+    return result == deleted, MISSING if deleted else state
+
+
+def _set_if_absent(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
+    stored = state is MISSING
+    return result == stored, args[1] if stored else state
+
+
+def _load(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
+    expected = (None, False) if state is MISSING else (state, True)
+    return _same(result[1], expected[1]) and _same(result[0], expected[0]), state
+
+
+def _load_or_store(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
+    if state is MISSING:
+        return _same(result[0], args[1]) and result[1] is False, args[1]
+    return _same(result[0], state) and result[1] is True, state
+
+
+def _load_and_delete(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
+    return _load(state, args, result)[0], MISSING
+
+
+def _swap(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
+    previous = (None, False) if state is MISSING else (state, True)
+    return _same(result[0], previous[0]) and result[1] is previous[1], args[1]
+
+
+def _merge(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
+    after = args[1] if state is MISSING else args[2](state, args[1])
+    return _same(result, after), after
+
+
+def _compute(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
+    after = args[1](state)
+    return _same(result, after), after
+
+
+def _compute_if_absent(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
+    after = args[1](args[0]) if state is MISSING else state
+    return _same(result, after), after
+
+
+def _compute_if_present(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
+    after = MISSING if state is MISSING else args[1](state)
+    return _same(result, after), after
+
+
+class KeyValueModel(Model[Any]):
+    """A map, checked one key at a time: each key is a register, MISSING when absent.
+
+    The first argument of every operation is the key. Operations, their other
+    arguments and what they must have returned:
+
+    - dict: ``get() -> value or MISSING``, ``set(v)``, ``delete()``,
+      ``pop() -> value``, ``contains() -> bool``, ``setdefault(v) -> value``;
+      ``get``, ``delete`` and ``pop`` of an absent key may raise KeyError instead
+    - sync.Map: ``load() -> (value or None, ok)``, ``store(v)``,
+      ``load_or_store(v) -> (value, loaded)``, ``load_and_delete() -> (value or None, loaded)``,
+      ``swap(v) -> (previous or None, loaded)``, ``compare_and_swap(old, new) -> bool``,
+      ``compare_and_delete(old) -> bool``
+    - compound: ``cas(old, new) -> bool`` (``old`` MISSING: insert if absent),
+      ``set_if_absent(v) -> bool``, ``merge(v, fn) -> new value`` (fn(old, v), or v if absent),
+      ``compute(fn) -> new value or MISSING`` (fn(old or MISSING); MISSING deletes),
+      ``compute_if_absent(factory) -> value`` (factory(key)), ``compute_if_present(fn) -> value or MISSING``
+
+    Values are compared by identity, then ``==``. An operation that raised
+    anything but a KeyError for an absent key is never legal.
     """
+
+    # A subclass can teach it more: steps = {**KeyValueModel.steps, "name": step_function}.
+    steps: ClassVar[dict[str, Step]] = {
+        "get": _get,
+        "set": _set,
+        "store": _set,
+        "delete": _delete,
+        "pop": _pop,
+        "contains": _contains,
+        "setdefault": _setdefault,
+        "load": _load,
+        "load_or_store": _load_or_store,
+        "load_and_delete": _load_and_delete,
+        "swap": _swap,
+        "cas": _cas,
+        "compare_and_swap": _cas,
+        "replace": _cas,
+        "compare_and_delete": _compare_and_delete,
+        "remove": _compare_and_delete,
+        "set_if_absent": _set_if_absent,
+        "merge": _merge,
+        "compute": _compute,
+        "compute_if_absent": _compute_if_absent,
+        "compute_if_present": _compute_if_present,
+    }
+    raises_key_error_when_absent = frozenset({"get", "delete", "pop"})
 
     def init(self) -> Any:
         return MISSING
@@ -109,52 +234,65 @@ class KeyValueModel:
             by_key.setdefault(op.args[0], []).append(op)
         return list(by_key.values())
 
-    def step(self, state: Any, op: Operation) -> tuple[bool, Any]:  # noqa: PLR0911
-        name, args, result = op.name, op.args, op.result
-        if name == "get":
-            return result == state or result is state, state
-        if name == "set":
-            return True, args[1]
-        if name == "delete":
-            return True, MISSING
-        if name == "pop":
-            return result == state or result is state, MISSING
-        if name == "cas":
-            swapped = state is args[1] or (state is not MISSING and state == args[1])
-            return result == swapped, args[2] if swapped else state
-        if name == "load_or_store":
-            if state is MISSING:
-                return result == (args[1], False), args[1]
-            return result == (state, True), state
-        if name == "swap":
-            return result == (state, state is not MISSING), args[1]
-        if name == "merge":
-            new = args[1] if state is MISSING else args[2](state, args[1])
-            return result == new, new
-        if name == "compute":
-            new = args[1](state)
-            return result == new or result is new, new
-        raise ValueError(f"KeyValueModel has no operation {name!r}")
+    def step(self, state: Any, op: Operation) -> tuple[bool, Any]:
+        step = self.steps.get(op.name)
+        if step is None:
+            raise ValueError(f"KeyValueModel has no operation {op.name!r}")
+        if op.error is not None:
+            absent = isinstance(op.error, KeyError) and op.name in self.raises_key_error_when_absent
+            return absent and state is MISSING, state
+        return step(state, op.args, op.result)
+
+
+@dataclass
+class DeadEnd:
+    """Where the search got furthest before a partition proved illegal.
+
+    ``order`` is the longest legal order found (its last operations first
+    matter most); from ``state`` none of ``candidates`` (the operations that
+    could take effect next) was legal, and ``blocked`` had already returned,
+    so it could not be left for later.
+    """
+
+    order: list[Operation]
+    state: Any
+    candidates: list[Operation]
+    blocked: Operation
 
 
 @dataclass
 class CheckResult:
-    """``status`` is "ok", "illegal" or "unknown" (the time ran out before an answer)."""
+    """``status`` is "ok", "illegal" or "unknown" (the time ran out before an answer).
+
+    When illegal, ``failing`` is the smallest illegal partition and
+    ``dead_end`` says where its search got furthest.
+    """
 
     status: str
     failing: list[Operation]
     checked_partitions: int
+    dead_end: DeadEnd | None = None
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
-    def explain(self) -> str:
-        if self.status != "illegal":
+    def explain(self, context: int = 5) -> str:
+        if self.status != "illegal" or self.dead_end is None:
             return f"{self.status}: {self.checked_partitions} partitions checked"
+        end = self.dead_end
         origin = min(op.call for op in self.failing)
-        lines = [f"not linearizable: no order of these {len(self.failing)} operations is legal:"]
-        lines += ["  " + op.describe(origin) for op in sorted(self.failing, key=lambda o: o.call)]
+        lines = [
+            f"not linearizable: of {len(self.failing)} operations in this partition, "
+            f"the longest legal order found takes {len(end.order)}; its last {min(context, len(end.order))}:"
+        ]
+        lines += ["    " + op.describe(origin) for op in end.order[-context:]]
+        lines.append(f"  then, in state {end.state!r}, this one had returned but cannot take effect:")
+        lines.append("    " + end.blocked.describe(origin))
+        others = [op for op in end.candidates if op is not end.blocked]
+        if others:
+            lines.append("  nor can any other operation pending then:")
+            lines += ["    " + op.describe(origin) for op in others]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -207,13 +345,14 @@ def _unlift(entry: _Entry) -> None:
             node.next.prev = node
 
 
-def _check_partition(ops: Sequence[Operation], model: Model[Any], deadline: float) -> bool | None:
-    """True if linearizable, False if not, None if the deadline passed first."""
+def _check_partition(ops: Sequence[Operation], model: Any, deadline: float) -> bool | DeadEnd | None:
+    """True if linearizable, None if the deadline passed first, else the furthest DeadEnd."""
     head = _event_list(ops)
     state = model.init()
     linearized = 0
     seen: set[tuple[int, Any]] = set()
     stack: list[tuple[_Entry, Any]] = []
+    furthest: DeadEnd | None = None
     entry = head.next
     steps = 0
     while head.next is not None:
@@ -235,8 +374,10 @@ def _check_partition(ops: Sequence[Operation], model: Model[Any], deadline: floa
             entry = entry.next
         else:
             # A return reached with its call not linearized: undo the last choice.
+            if furthest is None or len(stack) > len(furthest.order):
+                furthest = _dead_end(ops, head, entry, stack, state)
             if not stack:
-                return False
+                return furthest
             entry, state = stack.pop()
             linearized &= ~(1 << entry.index)
             _unlift(entry)
@@ -244,8 +385,20 @@ def _check_partition(ops: Sequence[Operation], model: Model[Any], deadline: floa
     return True
 
 
+def _dead_end(
+    ops: Sequence[Operation], head: _Entry, blocked: _Entry, stack: list[tuple[_Entry, Any]], state: Any
+) -> DeadEnd:
+    candidates = []
+    node = head.next
+    while node is not None and node is not blocked:
+        if node.is_call:
+            candidates.append(ops[node.index])
+        node = node.next
+    return DeadEnd([ops[e.index] for e, _ in stack], state, candidates, ops[blocked.index])
+
+
 def check_linearizable(
-    history: Sequence[Operation], model: Model[Any] | None = None, *, timeout: float = 60.0
+    history: Sequence[Operation] | Iterable[Operation], model: Any = None, *, timeout: float = 60.0
 ) -> CheckResult:
     """Check a recorded history against a model (a KeyValueModel by default).
 
@@ -253,24 +406,16 @@ def check_linearizable(
     smallest of them is returned in ``failing``, so the explanation is short.
     """
     model = model if model is not None else KeyValueModel()
+    history = list(history)
     deadline = time.monotonic() + timeout
-    partitions = sorted(model.partition(history), key=len)
+    split = getattr(model, "partition", None)
+    partitions = sorted(split(history) if split is not None else [history], key=len)
     unknown = False
     for count, part in enumerate(partitions, 1):
         verdict = _check_partition(part, model, deadline)
-        if verdict is False:
-            return CheckResult("illegal", list(part), count)
+        if isinstance(verdict, DeadEnd):
+            return CheckResult("illegal", list(part), count, verdict)
         if verdict is None:
             unknown = True
             break
     return CheckResult("unknown" if unknown else "ok", [], len(partitions))
-
-
-def recorded(
-    history: list[Operation], thread: int, name: str, args: tuple[Any, ...], fn: Callable[[], Any]
-) -> Any:
-    """Call fn, append the Operation it makes to ``history`` (list.append is atomic), return its result."""
-    call = time.perf_counter_ns()
-    result = fn()
-    history.append(Operation(thread, name, args, result, call, time.perf_counter_ns()))
-    return result

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ftmap.testing import MISSING, Operation, check_linearizable, recorded
+from ftmap.testing import MISSING, History, Operation, check_linearizable
 
 
 def op(thread: int, name: str, *args: object, result: object = None, at: tuple[int, int]) -> Operation:
@@ -77,7 +77,7 @@ def test_cas_swap_pop_and_compute() -> None:
         op(0, "swap", "k", 2, result=(1, True), at=(4, 5)),
         op(0, "compute", "k", lambda old: old * 10, result=20, at=(6, 7)),
         op(0, "pop", "k", result=20, at=(8, 9)),
-        op(0, "swap", "k", 3, result=(MISSING, False), at=(10, 11)),
+        op(0, "swap", "k", 3, result=(None, False), at=(10, 11)),
     ]
     assert check_linearizable(history).ok
     history[1] = op(0, "cas", "k", 1, 9, result=False, at=(2, 3))  # the value was 1: must swap
@@ -127,7 +127,7 @@ def test_ten_thousand_operations_over_64_keys_within_seconds() -> None:
 
 
 def test_history_recorded_from_real_threads_on_a_locked_dict_is_linearizable() -> None:
-    history: list[Operation] = []
+    history = History()
     data: dict[int, int] = {}
     lock = threading.Lock()
 
@@ -144,9 +144,9 @@ def test_history_recorded_from_real_threads_on_a_locked_dict_is_linearizable() -
         for _ in range(2_000):
             key, value = rng.randrange(8), rng.randrange(100)
             if rng.random() < 0.5:
-                recorded(history, thread, "set", (key, value), lambda: write(key, value))
+                history.record(thread, "set", (key, value), lambda: write(key, value))
             else:
-                recorded(history, thread, "get", (key,), lambda: read(key))
+                history.record(thread, "get", (key,), lambda: read(key))
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
     for t in threads:
