@@ -48,6 +48,7 @@ demo: $(FT_VENV)/.installed
 
 bench: $(FT_VENV)/.installed
 	$(FT) benchmarks/unsafe_overhead.py
+	$(FT) benchmarks/syncmap.py
 
 clean:
 	rm -rf $(FT_VENV) $(GIL_VENV) build src/*.egg-info

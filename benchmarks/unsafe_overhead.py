@@ -13,10 +13,10 @@ pays for being a class. Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import platform
-import sys
 import timeit
 from collections.abc import Iterator, MutableMapping
+
+from _common import interpreter_line
 
 from ftmap import UnsafeMap
 
@@ -79,9 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
-    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
-    build = "GIL" if gil else "free-threaded, GIL off"
-    print(f"Python {platform.python_version()} ({build}), {platform.machine()}")
+    print(interpreter_line())
     print()
     print("| operation | dict ns/op | UnsafeMap ns/op | ratio | bare forwarding class ns/op | its ratio |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -2,6 +2,7 @@
 
 - UnsafeMap: a dict that detects concurrent misuse across threads and reports
   it as Go's runtime does.
+- SyncMap: Go's sync.Map (read map, dirty map, misses promotion), linearizable.
 """
 
 from ._errors import (
@@ -11,6 +12,7 @@ from ._errors import (
     ConcurrentWriteError,
     ThreadInfo,
 )
+from ._sync import SyncMap, SyncMapStats
 from ._unsafe import UnsafeMap, race_log
 
 __all__ = [
@@ -18,6 +20,8 @@ __all__ = [
     "ConcurrentMapError",
     "ConcurrentReadWriteError",
     "ConcurrentWriteError",
+    "SyncMap",
+    "SyncMapStats",
     "ThreadInfo",
     "UnsafeMap",
     "race_log",

@@ -17,7 +17,9 @@ Synchronisation modes: "none" (the race), "lock" (one shared lock around
 each compound step; an RLock for scenario 4, whose callback may run on a
 thread that holds it), "queue" (the same steps, ownership handed off through
 a queue.Queue), "join" (the threads run one after another, each joined
-before the next starts: reads after join).
+before the next starts: reads after join), and "ftmap" (no lock at all: the
+scenario rewritten with an atomic operation of an ftmap map, where one fits;
+scenario 2 with SyncMap.load_or_store).
 
     python -m ftmap.scenarios        # the demo table (make demo)
 """
@@ -36,12 +38,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import ConcurrentMapError
+from ._sync import SyncMap
 from ._threads import run_together
 from ._unsafe import UnsafeMap
 
 __all__ = ["SCENARIOS", "SYNC_MODES", "Outcome", "Scenario", "run_scenario"]
 
-SYNC_MODES = ("none", "lock", "queue", "join")
+SYNC_MODES = ("none", "lock", "queue", "join", "ftmap")
 AnyMap = MutableMapping[Any, Any]
 Guard = AbstractContextManager[Any]
 
@@ -86,6 +89,15 @@ Worker = Callable[[AnyMap, Guard, int, Tally], None]
 
 
 @dataclass(frozen=True)
+class Fix:
+    """A scenario rewritten to need no lock: an atomic operation of an ftmap map."""
+
+    label: str
+    map_type: Callable[[dict[Any, Any]], AnyMap]
+    workers: tuple[Worker, Worker]
+
+
+@dataclass(frozen=True)
 class Scenario:
     number: int
     name: str
@@ -94,6 +106,7 @@ class Scenario:
     workers: tuple[Worker, Worker]
     measure: Callable[[AnyMap, list[Tally], int], tuple[int, str]]
     needs_reentrant_lock: bool = False
+    fix: Fix | None = None
 
 
 def _stop_on_race(body: Callable[[], None], tally: Tally) -> None:
@@ -157,6 +170,13 @@ def _claimer(m: AnyMap, guard: Guard, ops: int, tally: Tally) -> None:
                     tally.add("claims")
 
     _stop_on_race(body, tally)
+
+
+def _claimer_load_or_store(m: AnyMap, guard: Guard, ops: int, tally: Tally) -> None:
+    for key in range(ops):
+        _, loaded = m.load_or_store(key, threading.get_ident())  # type: ignore[attr-defined]
+        if not loaded:
+            tally.add("claims")
 
 
 def _measure_claims(m: AnyMap, tallies: list[Tally], ops: int) -> tuple[int, str]:
@@ -286,6 +306,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         dict,
         (_claimer, _claimer),
         _measure_claims,
+        fix=Fix("SyncMap.load_or_store", SyncMap, (_claimer_load_or_store, _claimer_load_or_store)),
     ),
     Scenario(
         3,
@@ -333,23 +354,29 @@ def run_scenario(
 ) -> Outcome:
     """Run one scenario once on two threads released together; measure what happened.
 
-    ``map_type`` builds the shared map from the initial content (dict or
-    UnsafeMap); ``sync`` is one of SYNC_MODES; ``ops`` is each thread's number
-    of operations. ``pin`` puts the two threads on separate CPUs where the
-    machine allows, so that they really run at the same time.
+    ``map_type`` builds the shared map from the initial content (dict,
+    UnsafeMap, or for "ftmap" the map the fix is written for); ``sync`` is one
+    of SYNC_MODES; ``ops`` is each thread's number of operations. ``pin`` puts
+    the two threads on separate CPUs where the machine allows, so that they
+    really run at the same time.
     """
     if sync not in SYNC_MODES:
         raise ValueError(f"sync must be one of {SYNC_MODES}, not {sync!r}")
+    workers = scenario.workers
+    if sync == "ftmap":
+        if scenario.fix is None:
+            raise ValueError(f"scenario {scenario.name!r} has no ftmap fix yet")
+        workers = scenario.fix.workers
     shared = map_type(scenario.initial())
     guard = _guard(scenario, sync)
-    tallies = [Tally() for _ in scenario.workers]
+    tallies = [Tally() for _ in workers]
 
     def bind(worker: Worker, tally: Tally) -> Callable[[], None]:
         return lambda: worker(shared, guard, ops, tally)
 
     started = time.perf_counter()
     run_together(
-        [bind(w, t) for w, t in zip(scenario.workers, tallies, strict=True)],
+        [bind(w, t) for w, t in zip(workers, tallies, strict=True)],
         pin=pin,
         sequential=sync == "join",
     )
@@ -371,8 +398,9 @@ def _first_line(error: BaseException, width: int) -> str:
 def demo(ops: int = 20_000, width: int = 70) -> str:
     """Run every scenario with a dict, with UnsafeMap and with its fix; return a markdown table."""
     rows = [
-        "| # | scenario | plain dict: damage | UnsafeMap: detection | fix (lock): damage, races |",
-        "|---|---|---|---|---|",
+        "| # | scenario | plain dict: damage | UnsafeMap: detection | fix (lock): damage, races "
+        "| fix (ftmap, no lock): damage |",
+        "|---|---|---|---|---|---|",
     ]
     for scenario in SCENARIOS:
         plain = run_scenario(scenario, dict, "none", ops)
@@ -380,9 +408,14 @@ def demo(ops: int = 20_000, width: int = 70) -> str:
         fixed = run_scenario(scenario, UnsafeMap, "lock", ops)
         detection = _first_line(detected.races[0], width) if detected.races else "not detected this run"
         lock = "RLock" if scenario.needs_reentrant_lock else "Lock"
+        if scenario.fix is None:
+            ftmap_fix = "(a later map)"
+        else:
+            ftmap_fixed = run_scenario(scenario, scenario.fix.map_type, "ftmap", ops)
+            ftmap_fix = f"{scenario.fix.label}: damage {ftmap_fixed.damage}"
         rows.append(
             f"| {scenario.number} | {scenario.title} | {plain.damage_text} | {detection} | "
-            f"{lock}: damage {fixed.damage}, {len(fixed.races)} races |"
+            f"{lock}: damage {fixed.damage}, {len(fixed.races)} races | {ftmap_fix} |"
         )
     return "\n".join(rows)
 

@@ -22,6 +22,16 @@ def test_unknown_sync_mode_is_rejected() -> None:
         run_scenario(SCENARIOS[0], dict, "spinlock")
 
 
+def test_ftmap_fixes_do_no_damage_and_only_scenarios_with_one_accept_the_mode() -> None:
+    for scenario in SCENARIOS:
+        if scenario.fix is None:
+            with pytest.raises(ValueError, match="no ftmap fix yet"):
+                run_scenario(scenario, dict, "ftmap", 10)
+        else:
+            outcome = run_scenario(scenario, scenario.fix.map_type, "ftmap", 500, pin=False)
+            assert (outcome.damage, outcome.errors) == (0, [])
+
+
 @pytest.mark.ftmap_races_expected
 @pytest.mark.thread_unsafe(reason="pins threads to CPUs")
 def test_demo_prints_one_row_per_scenario() -> None:
@@ -29,6 +39,7 @@ def test_demo_prints_one_row_per_scenario() -> None:
     assert len(table) == 2 + len(SCENARIOS)
     assert all(f"| {s.number} | {s.title} |" in row for s, row in zip(SCENARIOS, table[2:], strict=True))
     assert all("damage 0, 0 races" in row for row in table[2:])
+    assert "SyncMap.load_or_store: damage 0" in table[3]
 
 
 def test_run_together_returns_results_in_order_and_collects_every_error() -> None:
