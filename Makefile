@@ -49,6 +49,7 @@ demo: $(FT_VENV)/.installed
 bench: $(FT_VENV)/.installed
 	$(FT) benchmarks/unsafe_overhead.py
 	$(FT) benchmarks/syncmap.py
+	$(FT) benchmarks/shardedmap.py
 
 clean:
 	rm -rf $(FT_VENV) $(GIL_VENV) build src/*.egg-info

@@ -3,6 +3,7 @@
 - UnsafeMap: a dict that detects concurrent misuse across threads and reports
   it as Go's runtime does.
 - SyncMap: Go's sync.Map (read map, dirty map, misses promotion), linearizable.
+- ShardedMap: per-shard locks, atomic compound operations, no deadlocks.
 """
 
 from ._errors import (
@@ -10,20 +11,31 @@ from ._errors import (
     ConcurrentMapError,
     ConcurrentReadWriteError,
     ConcurrentWriteError,
+    RecursiveUpdateError,
     ThreadInfo,
 )
+from ._fnv import fnv1_32, fnv1a_32, fnv1a_64
+from ._markers import DELETE, MISSING
+from ._sharded import ShardedMap
 from ._sync import SyncMap, SyncMapStats
 from ._unsafe import UnsafeMap, race_log
 
 __all__ = [
+    "DELETE",
+    "MISSING",
     "ConcurrentIterationError",
     "ConcurrentMapError",
     "ConcurrentReadWriteError",
     "ConcurrentWriteError",
+    "RecursiveUpdateError",
+    "ShardedMap",
     "SyncMap",
     "SyncMapStats",
     "ThreadInfo",
     "UnsafeMap",
+    "fnv1_32",
+    "fnv1a_32",
+    "fnv1a_64",
     "race_log",
 ]
 

@@ -15,6 +15,7 @@ __all__ = [
     "ConcurrentMapError",
     "ConcurrentReadWriteError",
     "ConcurrentWriteError",
+    "RecursiveUpdateError",
     "ThreadInfo",
 ]
 
@@ -93,6 +94,33 @@ class ConcurrentIterationError(ConcurrentMapError):
     """One thread iterated the map while another wrote it."""
 
     go_text = "concurrent map iteration and map write"
+
+
+class RecursiveUpdateError(RuntimeError):
+    """A callback tried to change the map that is running it (which would deadlock).
+
+    As Java's ConcurrentHashMap raises IllegalStateException("Recursive update").
+    Attributes: ``operation`` (what the callback tried) and ``outer`` (the
+    compound operation whose callback it is).
+    """
+
+    def __init__(self, map_name: str, operation: str, outer: str) -> None:
+        self.operation = operation
+        self.outer = outer
+        super().__init__(
+            f"recursive update: {operation} on a {map_name} from inside the callback of its {outer}; "
+            "a callback may read the map that runs it, but not change it"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_recursive_update, (str(self), self.operation, self.outer))
+
+
+def _recursive_update(message: str, operation: str, outer: str) -> RecursiveUpdateError:
+    error = RecursiveUpdateError.__new__(RecursiveUpdateError)
+    RuntimeError.__init__(error, message)
+    error.operation, error.outer = operation, outer
+    return error
 
 
 def _short_repr(value: object, limit: int = 60) -> str:

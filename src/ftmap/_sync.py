@@ -21,15 +21,14 @@ from __future__ import annotations
 import threading
 from collections.abc import (
     Callable,
-    ItemsView,
     Iterable,
     Iterator,
-    KeysView,
     Mapping,
-    MutableMapping,
-    ValuesView,
 )
 from typing import Any, NamedTuple, TypeVar, overload
+
+from ._base import ItemsBackedMap
+from ._markers import _Marker
 
 __all__ = ["SyncMap", "SyncMapStats"]
 
@@ -38,20 +37,10 @@ V = TypeVar("V")
 D = TypeVar("D")
 
 
-class _Tombstone:
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __repr__(self) -> str:
-        return self._name
-
-
 # An entry's value: a live value or _DELETED. Go's two deleted states, nil and
 # expunged, share the one sentinel, so a read tells live from deleted with a
 # single identity test; whether a deleted entry is expunged is a flag beside it.
-_DELETED: Any = _Tombstone("deleted")
+_DELETED: Any = _Marker("deleted")
 _MISSING: Any = object()
 
 
@@ -159,7 +148,7 @@ class SyncMapStats(NamedTuple):
     amended: bool
 
 
-class SyncMap(MutableMapping[K, V]):
+class SyncMap(ItemsBackedMap[K, V]):
     """Go's sync.Map: safe for concurrent use without further locking; every operation linearizable.
 
     Best where keys are written once and read many times, or where threads
@@ -408,7 +397,7 @@ class SyncMap(MutableMapping[K, V]):
         method of this map. Promotes the dirty map first if it has keys the
         read map lacks, as Go does (range is O(n) anyway).
         """
-        for key, value in self._live_items():
+        for key, value in self._items():
             if fn(key, value) is False:
                 return
 
@@ -447,27 +436,15 @@ class SyncMap(MutableMapping[K, V]):
                     read = self._read
         return read.m
 
-    def _live_items(self) -> Iterator[tuple[Any, Any]]:
+    def _items(self) -> Iterator[tuple[Any, Any]]:
         # The published dict never changes, so iterating it is safe under any writes.
         for key, entry in self._complete_read().items():
             value = entry.value
             if value is not _DELETED:
                 yield key, value
 
-    def __iter__(self) -> Iterator[K]:
-        return (key for key, _ in self._live_items())
-
-    def keys(self) -> KeysView[K]:
-        return _SyncKeysView(self)
-
-    def values(self) -> ValuesView[V]:
-        return _SyncValuesView(self)
-
-    def items(self) -> ItemsView[K, V]:
-        return _SyncItemsView(self)
-
     def __len__(self) -> int:
-        return sum(1 for _ in self._live_items())
+        return sum(1 for _ in self._items())
 
     # -- the MutableMapping protocol ---------------------------------------------------
 
@@ -538,43 +515,10 @@ class SyncMap(MutableMapping[K, V]):
         """Atomic: the same as load_or_store(key, default)[0]."""
         return self.load_or_store(key, default)[0]
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Mapping):
-            return NotImplemented
-        return dict(self._live_items()) == dict(other.items())
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({dict(self._live_items())!r})"
-
     def copy(self) -> SyncMap[K, V]:
-        return type(self)(self._live_items())
+        return type(self)(self._items())
 
     __copy__ = copy
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (dict(self._live_items()),))
-
-
-class _SyncKeysView(KeysView[K]):
-    __slots__ = ()
-
-
-class _SyncValuesView(ValuesView[V]):
-    __slots__ = ()
-    _mapping: SyncMap[Any, V]
-
-    def __iter__(self) -> Iterator[V]:
-        return (value for _, value in self._mapping._live_items())
-
-    def __contains__(self, value: object) -> bool:
-        return any(_same(v, value) for v in self)
-
-
-class _SyncItemsView(ItemsView[K, V]):
-    __slots__ = ()
-    _mapping: SyncMap[K, V]
-
-    def __iter__(self) -> Iterator[tuple[K, V]]:
-        return self._mapping._live_items()
+        return (type(self), (dict(self._items()),))

@@ -18,8 +18,9 @@ each compound step; an RLock for scenario 4, whose callback may run on a
 thread that holds it), "queue" (the same steps, ownership handed off through
 a queue.Queue), "join" (the threads run one after another, each joined
 before the next starts: reads after join), and "ftmap" (no lock at all: the
-scenario rewritten with an atomic operation of an ftmap map, where one fits;
-scenario 2 with SyncMap.load_or_store).
+scenario rewritten with an atomic operation of an ftmap map, where one fits:
+scenario 2 with SyncMap.load_or_store, 3 with ShardedMap.merge, 5 with
+ShardedMap.compute).
 
     python -m ftmap.scenarios        # the demo table (make demo)
 """
@@ -27,6 +28,7 @@ scenario 2 with SyncMap.load_or_store).
 from __future__ import annotations
 
 import argparse
+import operator
 import queue
 import sys
 import threading
@@ -38,6 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import ConcurrentMapError
+from ._markers import DELETE, MISSING
+from ._sharded import ShardedMap
 from ._sync import SyncMap
 from ._threads import run_together
 from ._unsafe import UnsafeMap
@@ -208,6 +212,12 @@ def _counter(m: AnyMap, guard: Guard, ops: int, tally: Tally) -> None:
     _stop_on_race(body, tally)
 
 
+def _counter_merge(m: AnyMap, guard: Guard, ops: int, tally: Tally) -> None:
+    for i in range(ops):
+        m.merge(i % 8, 1, operator.add)  # type: ignore[attr-defined]
+        tally.add("increments")
+
+
 def _measure_counts(m: AnyMap, tallies: list[Tally], ops: int) -> tuple[int, str]:
     expected = sum(t.counts.get("increments", 0) for t in tallies)
     lost = expected - sum(m.values())
@@ -282,6 +292,16 @@ def _toggler(m: AnyMap, guard: Guard, ops: int, tally: Tally) -> None:
     _stop_on_race(body, tally)
 
 
+def _toggler_compute(m: AnyMap, guard: Guard, ops: int, tally: Tally) -> None:
+    def toggle(old: Any) -> Any:
+        return None if old is MISSING else DELETE
+
+    for i in range(ops):
+        # compute returns the new value (None: added) or MISSING (removed): one atomic step.
+        now = m.compute(i % 32, toggle)  # type: ignore[attr-defined]
+        tally.add("removed" if now is MISSING else "added")
+
+
 def _measure_churn(m: AnyMap, tallies: list[Tally], ops: int) -> tuple[int, str]:
     added = sum(t.counts.get("added", 0) for t in tallies)
     removed = sum(t.counts.get("removed", 0) for t in tallies)
@@ -315,6 +335,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         dict,
         (_counter, _counter),
         _measure_counts,
+        fix=Fix("ShardedMap.merge", ShardedMap, (_counter_merge, _counter_merge)),
     ),
     Scenario(
         4,
@@ -332,6 +353,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         dict,
         (_toggler, _toggler),
         _measure_churn,
+        fix=Fix("ShardedMap.compute", ShardedMap, (_toggler_compute, _toggler_compute)),
     ),
 )
 

@@ -3,7 +3,8 @@
 - The checker finds the bug in a map that does check-then-act without a lock,
   in every run, and never flags dict + one lock.
 - Every map in the library gives linearizable histories of mixed single-key
-  operations (UnsafeMap, being unsynchronised by design, under one lock).
+  operations through the dict protocol (UnsafeMap, being unsynchronised by
+  design, under one lock); each map's own API has its own test beside it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ftmap import UnsafeMap
+from ftmap import ShardedMap, SyncMap, UnsafeMap
 from ftmap.testing import MISSING, History, check_linearizable, run_threads
 
 
@@ -96,6 +97,8 @@ class Locked:
 
 MAPS: dict[str, Callable[[], Any]] = {
     "UnsafeMap under a lock": lambda: Locked(UnsafeMap()),
+    "SyncMap": SyncMap,
+    "ShardedMap": ShardedMap,
 }
 
 

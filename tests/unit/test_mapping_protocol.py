@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from ftmap import SyncMap, UnsafeMap
+from ftmap import ShardedMap, SyncMap, UnsafeMap
 
-MAP_TYPES: list[Callable[..., MutableMapping[Any, Any]]] = [UnsafeMap, SyncMap]
+MAP_TYPES: list[Callable[..., MutableMapping[Any, Any]]] = [UnsafeMap, SyncMap, ShardedMap]
 
 
 @pytest.fixture(params=MAP_TYPES, ids=lambda t: t.__name__)
@@ -109,7 +109,7 @@ def test_equality_repr_copy_and_pickle(make: Any) -> None:
             return 1
 
     assert m == OtherMapping()
-    assert repr(m) == f"{type(m).__name__}({{'a': 1}})"
+    assert repr(m).startswith(f"{type(m).__name__}({{'a': 1}}")
     for duplicate in (m.copy(), copy.copy(m), pickle.loads(pickle.dumps(m))):
         assert type(duplicate) is type(m) and duplicate == m
         duplicate["b"] = 2

@@ -15,29 +15,11 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
+from .._markers import DELETE, MISSING
+
 __all__ = ["MISSING", "CheckResult", "DeadEnd", "KeyValueModel", "Model", "Operation", "check_linearizable"]
 
 S = TypeVar("S", bound=Hashable)
-
-
-class _Missing:
-    """The value of an absent key: what a get of a missing key returns in a recorded history."""
-
-    _instance: _Missing | None = None
-
-    def __new__(cls) -> _Missing:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-    def __reduce__(self) -> str:
-        return "MISSING"
-
-
-MISSING: Any = _Missing()
 
 
 @dataclass(frozen=True)
@@ -157,13 +139,17 @@ def _swap(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
     return _same(result[0], previous[0]) and result[1] is previous[1], args[1]
 
 
+def _absent_if_deleted(value: Any) -> Any:
+    return MISSING if value is DELETE else value
+
+
 def _merge(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
-    after = args[1] if state is MISSING else args[2](state, args[1])
+    after = args[1] if state is MISSING else _absent_if_deleted(args[2](state, args[1]))
     return _same(result, after), after
 
 
 def _compute(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
-    after = args[1](state)
+    after = _absent_if_deleted(args[1](state))
     return _same(result, after), after
 
 
@@ -173,8 +159,20 @@ def _compute_if_absent(state: Any, args: tuple[Any, ...], result: Any) -> tuple[
 
 
 def _compute_if_present(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
-    after = MISSING if state is MISSING else args[1](state)
+    after = MISSING if state is MISSING else _absent_if_deleted(args[1](state))
     return _same(result, after), after
+
+
+def _upsert(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
+    exists = state is not MISSING
+    after = args[2](exists, state if exists else None, args[1])
+    return _same(result, after), after
+
+
+def _remove_if(state: Any, args: tuple[Any, ...], result: Any) -> tuple[bool, Any]:
+    exists = state is not MISSING
+    removed = exists and bool(args[1](args[0], state, exists))
+    return result == removed, MISSING if removed else state
 
 
 class KeyValueModel(Model[Any]):
@@ -191,9 +189,12 @@ class KeyValueModel(Model[Any]):
       ``swap(v) -> (previous or None, loaded)``, ``compare_and_swap(old, new) -> bool``,
       ``compare_and_delete(old) -> bool``
     - compound: ``cas(old, new) -> bool`` (``old`` MISSING: insert if absent),
-      ``set_if_absent(v) -> bool``, ``merge(v, fn) -> new value`` (fn(old, v), or v if absent),
-      ``compute(fn) -> new value or MISSING`` (fn(old or MISSING); MISSING deletes),
-      ``compute_if_absent(factory) -> value`` (factory(key)), ``compute_if_present(fn) -> value or MISSING``
+      ``set_if_absent(v) -> bool``, ``merge(v, fn) -> new value or MISSING`` (fn(old, v), or v
+      if absent), ``compute(fn) -> new value or MISSING`` (fn(old or MISSING)),
+      ``compute_if_absent(factory) -> value`` (factory(key)), ``compute_if_present(fn) -> value
+      or MISSING``, ``upsert(v, cb) -> stored value`` (cb(exists, old or None, v)),
+      ``remove_if(predicate) -> bool`` (predicate(key, value, exists)); a function that
+      returns DELETE removes the key
 
     Values are compared by identity, then ``==``. An operation that raised
     anything but a KeyError for an absent key is never legal.
@@ -222,6 +223,8 @@ class KeyValueModel(Model[Any]):
         "compute": _compute,
         "compute_if_absent": _compute_if_absent,
         "compute_if_present": _compute_if_present,
+        "upsert": _upsert,
+        "remove_if": _remove_if,
     }
     raises_key_error_when_absent = frozenset({"get", "delete", "pop"})
 

@@ -1,0 +1,238 @@
+"""ShardedMap: placement, FNV, compound operations, recursive updates, callbacks that raise."""
+
+from __future__ import annotations
+
+import math
+import operator
+import pickle
+import threading
+from typing import Any
+
+import pytest
+
+from ftmap import DELETE, MISSING, RecursiveUpdateError, ShardedMap, fnv1_32, fnv1a_32, fnv1a_64
+
+# -- FNV and placement -------------------------------------------------------------------
+
+
+def test_fnv_functions_match_the_published_test_vectors() -> None:
+    assert fnv1a_32(b"") == 0x811C9DC5
+    assert fnv1a_32(b"a") == 0xE40C292C
+    assert fnv1a_32(b"foobar") == 0xBF9CF968
+    assert fnv1_32(b"") == 0x811C9DC5
+    assert fnv1_32(b"a") == 0x050C5D7E
+    assert fnv1_32(b"foobar") == 0x31F0B262
+    assert fnv1a_64(b"") == 0xCBF29CE484222325
+    assert fnv1a_64(b"a") == 0xAF63DC4C8601EC8C
+    assert fnv1a_64(b"foobar") == 0x85944171F73967E8
+
+
+def test_fnv1_32_hasher_places_keys_as_orcaman_does() -> None:
+    # orcaman/concurrent-map: shard = fnv32(key) % SHARD_COUNT, with its fnv32 being FNV-1.
+    m: ShardedMap[str, int] = ShardedMap(shards=32, hasher=lambda k: fnv1_32(k.encode()))
+    for key in ("a", "foobar", "user:42", "ключ"):
+        assert m.shard_index(key) == fnv1_32(key.encode()) % 32
+        m[key] = 1
+        assert m.shard_sizes()[m.shard_index(key)] >= 1
+
+
+@pytest.mark.parametrize("shards", [0, 3, 12, -4, 1 << 21])
+def test_shards_must_be_a_power_of_two_up_to_a_million(shards: int) -> None:
+    with pytest.raises(ValueError, match="power of two from 1 to 1048576"):
+        ShardedMap(shards=shards)
+
+
+@pytest.mark.parametrize("shards", [2.0, "32", True])
+def test_shards_must_be_an_int(shards: Any) -> None:
+    with pytest.raises(TypeError, match="shards must be an int"):
+        ShardedMap(shards=shards)
+
+
+def chi_square_p(counts: list[int]) -> float:
+    """Upper-tail p of the chi-square statistic for uniform counts (Wilson-Hilferty)."""
+    total, k = sum(counts), len(counts)
+    expected = total / k
+    x2 = sum((c - expected) ** 2 / expected for c in counts)
+    z = ((x2 / (k - 1)) ** (1 / 3) - (1 - 2 / (9 * (k - 1)))) / math.sqrt(2 / (9 * (k - 1)))
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+FAMILIES: dict[str, list[Any]] = {
+    "sequential ints": list(range(50_000)),
+    "multiples of the shard count": [i * 64 for i in range(50_000)],
+    "multiples of 1024": [i * 1024 for i in range(50_000)],
+    "strings with a long common prefix": [f"https://example.com/api/v1/items/{i}" for i in range(50_000)],
+    "tuples": [(i, i % 7, "x") for i in range(50_000)],
+    "multiples of 2**40": [i << 40 for i in range(50_000)],
+    "floats": [i / 8 for i in range(50_000)],
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=str)
+@pytest.mark.parametrize("shards", [1, 2, 16, 32, 64, 1024])
+def test_default_hasher_spreads_keys_uniformly(family: str, shards: int) -> None:
+    m: ShardedMap[Any, int] = ShardedMap(shards=shards)
+    counts = [0] * shards
+    for key in FAMILIES[family]:
+        counts[m.shard_index(key)] += 1
+    if shards > 1:
+        assert chi_square_p(counts) >= 0.001, counts
+    assert sum(counts) == len(FAMILIES[family])
+
+
+def test_equal_keys_of_different_types_share_a_shard() -> None:
+    m: ShardedMap[Any, str] = ShardedMap(shards=64)
+    m[1] = "int"
+    m[1.0] = "float"
+    m[True] = "bool"
+    assert len(m) == 1 and m[1] == "bool" and m.shard_index(1) == m.shard_index(1.0) == m.shard_index(True)
+
+
+def test_shard_sizes_and_index_agree() -> None:
+    m = ShardedMap({i: i for i in range(1000)}, shards=8)
+    sizes = m.shard_sizes()
+    assert len(sizes) == 8 == m.shards and sum(sizes) == 1000 == len(m)
+    assert all(sizes[m.shard_index(i)] > 0 for i in range(1000))
+
+
+# -- the orcaman-style and Java-style operations --------------------------------------------
+
+
+def test_set_if_absent_replace_remove() -> None:
+    m: ShardedMap[str, Any] = ShardedMap()
+    assert m.set_if_absent("k", 1) and not m.set_if_absent("k", 2) and m["k"] == 1
+    assert not m.replace("k", 5, 6) and m.replace("k", 1, [1]) and m["k"] == [1]
+    assert m.replace("k", [1], 2)  # equality, for an unhashable value
+    assert not m.replace("absent", None, 1) and "absent" not in m
+    assert not m.remove("k", 3) and m.remove("k", 2) and "k" not in m
+
+
+def test_compute_family() -> None:
+    m: ShardedMap[str, int] = ShardedMap()
+    assert m.compute("n", lambda old: 1 if old is MISSING else old + 1) == 1
+    assert m.compute("n", lambda old: 1 if old is MISSING else old + 1) == 2
+    assert m.compute("n", lambda old: DELETE) is MISSING and "n" not in m
+    assert m.compute("gone", lambda old: DELETE) is MISSING and "gone" not in m
+    assert m.compute_if_present("n", lambda old: old + 1) is MISSING and "n" not in m
+    m["n"] = 5
+    assert m.compute_if_present("n", lambda old: old * 2) == 10
+    assert m.compute_if_present("n", lambda old: DELETE) is MISSING and "n" not in m
+    calls: list[str] = []
+    assert m.compute_if_absent("f", lambda key: calls.append(key) or 7) == 7
+    assert m.compute_if_absent("f", lambda key: calls.append(key) or 8) == 7
+    assert calls == ["f"]
+
+
+def test_merge_and_upsert_and_remove_if() -> None:
+    m: ShardedMap[str, int] = ShardedMap()
+    assert m.merge("c", 1, operator.add) == 1 and m.merge("c", 1, operator.add) == 2
+    assert m.merge("c", 0, lambda old, new: DELETE) is MISSING and "c" not in m
+    seen: list[tuple[bool, Any, int]] = []
+
+    def append(exists: bool, old: Any, new: int) -> int:
+        seen.append((exists, old, new))
+        return (old or 0) + new
+
+    assert m.upsert("u", 3, append) == 3 and m.upsert("u", 4, append) == 7
+    assert seen == [(False, None, 3), (True, 3, 4)]
+    asked: list[tuple[str, Any, bool]] = []
+
+    def when_big(key: str, value: Any, exists: bool) -> bool:
+        asked.append((key, value, exists))
+        return exists and value > 5
+
+    assert m.remove_if("u", when_big) and "u" not in m
+    assert not m.remove_if("u", when_big)  # asked even when absent, as orcaman does
+    assert asked == [("u", 7, True), ("u", None, False)]
+
+
+def test_mset_update_clear() -> None:
+    m: ShardedMap[int, int] = ShardedMap(shards=4)
+    m.mset({i: i for i in range(100)})
+    m.update(ShardedMap({100: 100}), extra=1)  # type: ignore[arg-type]
+    assert len(m) == 102 and m[100] == 100 and m["extra"] == 1  # type: ignore[index]
+    m.clear()
+    assert len(m) == 0 and m.shard_sizes() == [0, 0, 0, 0]
+
+
+def test_pickle_keeps_shards_and_a_picklable_hasher() -> None:
+    m = ShardedMap({"a": 1}, shards=8, hasher=len)
+    again = pickle.loads(pickle.dumps(m))
+    assert again == m and again.shards == 8 and again.shard_index("abc") == 3
+
+
+# -- callbacks: recursive updates and exceptions ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "recurse",
+    [
+        lambda m: m.__setitem__("other", 1),
+        lambda m: m.__delitem__("x"),
+        lambda m: m.compute("x", lambda old: 1),
+        lambda m: m.merge("other", 1, operator.add),
+        lambda m: m.pop("x", None),
+        lambda m: m.mset({"y": 1}),
+        lambda m: m.clear(),
+    ],
+)
+def test_a_callback_that_changes_its_map_raises_instead_of_deadlocking(recurse: Any) -> None:
+    m: ShardedMap[str, int] = ShardedMap({"x": 1}, shards=1)  # one shard: any key would deadlock
+
+    def callback(*args: Any) -> int:
+        recurse(m)
+        return 99
+
+    result: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            m.compute("x", callback)
+        except BaseException as error:
+            result.append(error)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "deadlocked"
+    assert isinstance(result[0], RecursiveUpdateError)
+    assert "inside the callback of its compute" in str(result[0])
+    assert m == {"x": 1}  # the key unchanged
+    m["x"] = 2  # and the shard unlocked
+    assert m["x"] == 2
+
+
+def test_a_callback_may_read_its_map() -> None:
+    m: ShardedMap[str, int] = ShardedMap({"a": 1, "b": 2}, shards=1)
+    assert m.compute("a", lambda old: old + m["b"] + len(m) + ("b" in m)) == 6
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        lambda m, fail: m.compute("k", fail),
+        lambda m, fail: m.compute_if_present("k", fail),
+        lambda m, fail: m.compute_if_absent("new", fail),
+        lambda m, fail: m.merge("k", 1, fail),
+        lambda m, fail: m.upsert("k", 1, fail),
+        lambda m, fail: m.remove_if("k", fail),
+    ],
+)
+def test_a_callback_that_raises_leaves_the_key_unchanged_and_the_shard_unlocked(operation: Any) -> None:
+    m: ShardedMap[str, int] = ShardedMap({"k": 1}, shards=1)
+
+    def fail(*args: Any) -> int:
+        raise ValueError("callback failed")
+
+    with pytest.raises(ValueError, match="callback failed"):
+        operation(m, fail)
+    assert m == {"k": 1}
+    m.merge("k", 1, operator.add)  # takes the shard lock: it was released
+    assert m["k"] == 2
+    assert m.compute("k", lambda old: old + 1) == 3  # and no callback is thought to be running
+
+
+def test_recursive_update_error_pickles() -> None:
+    error = RecursiveUpdateError("ShardedMap", "set", "compute")
+    again = pickle.loads(pickle.dumps(error))
+    assert str(again) == str(error) and (again.operation, again.outer) == ("set", "compute")
