@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -76,3 +78,14 @@ def test_a_thread_that_overruns_the_timeout_is_reported() -> None:
 def test_bad_arguments_are_rejected(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         run_threads(lambda index, rng: None, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.thread_unsafe(reason="starts an interpreter")
+def test_ftmap_testing_imports_without_pytest() -> None:
+    code = (
+        "import sys; sys.modules['pytest'] = None\n"  # any import of pytest now fails
+        "import ftmap, ftmap.testing\n"
+        "assert ftmap.testing.check_linearizable([]).ok\n"
+        "assert 'pytest' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
