@@ -50,6 +50,7 @@ bench: $(FT_VENV)/.installed
 	$(FT) benchmarks/unsafe_overhead.py
 	$(FT) benchmarks/syncmap.py
 	$(FT) benchmarks/shardedmap.py
+	$(FT) benchmarks/snapshotmap.py
 
 clean:
 	rm -rf $(FT_VENV) $(GIL_VENV) build src/*.egg-info

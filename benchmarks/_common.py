@@ -1,12 +1,52 @@
-"""What every benchmark script prints first: the interpreter it measured."""
+"""What the benchmark scripts share: the interpreter line, the keys and the timed thread loop."""
 
 from __future__ import annotations
 
+import argparse
 import platform
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ftmap.testing import run_threads
+
+KEYS = [sys.intern(f"key-{i}") for i in range(1000)]
+ROUNDS = 100
 
 
 def interpreter_line() -> str:
     gil = getattr(sys, "_is_gil_enabled", lambda: True)()
     build = "GIL" if gil else "free-threaded, GIL off"
     return f"Python {platform.python_version()} ({build}), {platform.machine()}"
+
+
+def start(doc: str | None, default_repeat: int = 5) -> int:
+    """Parse --repeat, print the interpreter line; return the number of repetitions."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=default_repeat, help="repetitions; the best is kept")
+    repeat: int = parser.parse_args().repeat
+    print(interpreter_line())
+    return repeat
+
+
+def rate(body: Callable[[int], None], threads: int, repeat: int) -> float:
+    """Million operations per second over all threads, best of ``repeat`` (ROUNDS x KEYS a thread)."""
+    best = 0.0
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run_threads(lambda index, rng: body(index), threads=threads, pin=threads > 1)
+        best = max(best, threads * ROUNDS * len(KEYS) / (time.perf_counter() - started) / 1e6)
+    return best
+
+
+def per_key(fn: Callable[[str], Any]) -> Callable[[int], None]:
+    """A thread body calling fn(key) for every key, ROUNDS times: reads or increments."""
+
+    def body(thread: int) -> None:
+        keys = list(KEYS)
+        for _ in range(ROUNDS):
+            for k in keys:
+                fn(k)
+
+    return body

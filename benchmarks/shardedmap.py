@@ -9,43 +9,13 @@
 
 from __future__ import annotations
 
-import argparse
 import operator
-import sys
 import threading
-import time
 from collections.abc import Callable
-from typing import Any
 
-from _common import interpreter_line
+from _common import KEYS, ROUNDS, per_key, rate, start
 
 from ftmap import ShardedMap
-from ftmap.testing import run_threads
-
-KEYS = [sys.intern(f"key-{i}") for i in range(1000)]
-ROUNDS = 100
-
-
-def rate(body: Callable[[int], None], threads: int, repeat: int) -> float:
-    """Million operations per second over all threads, best of ``repeat`` (ROUNDS x KEYS a thread)."""
-    best = 0.0
-    for _ in range(repeat):
-        started = time.perf_counter()
-        run_threads(lambda index, rng: body(index), threads=threads, pin=threads > 1)
-        best = max(best, threads * ROUNDS * len(KEYS) / (time.perf_counter() - started) / 1e6)
-    return best
-
-
-def per_key(fn: Callable[[str], Any]) -> Callable[[int], None]:
-    """A thread body calling fn(key) for every key, ROUNDS times: reads or increments."""
-
-    def body(thread: int) -> None:
-        keys = list(KEYS)
-        for _ in range(ROUNDS):
-            for k in keys:
-                fn(k)
-
-    return body
 
 
 def disjoint_writes(store: Callable[[str, int], None]) -> Callable[[int], None]:
@@ -59,10 +29,7 @@ def disjoint_writes(store: Callable[[str, int], None]) -> Callable[[int], None]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
-    r = parser.parse_args().repeat
-    print(interpreter_line())
+    r = start(__doc__)
 
     d = {k: 0 for k in KEYS}
     sharded: ShardedMap[str, int] = ShardedMap(d)

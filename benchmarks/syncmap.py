@@ -12,7 +12,6 @@ one Barrier (ftmap.testing.run_threads); best of several repetitions.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import threading
@@ -20,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from _common import interpreter_line
+from _common import start
 
 from ftmap import SyncMap
 from ftmap.testing import run_threads
@@ -91,11 +90,7 @@ def mops(loop: Callable[[Any, list[str]], None], target: Any, threads: int, repe
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
-    r = args.repeat
-    print(interpreter_line())
+    r = start(__doc__)
 
     print("\nRead hit, one thread (Mops/s; ratio = dict d[k] time / this time):\n")
     print("| operation | Mops/s | time vs dict d[k] |")

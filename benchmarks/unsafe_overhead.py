@@ -12,11 +12,10 @@ pays for being a class. Prints a markdown table.
 
 from __future__ import annotations
 
-import argparse
 import timeit
 from collections.abc import Iterator, MutableMapping
 
-from _common import interpreter_line
+from _common import start
 
 from ftmap import UnsafeMap
 
@@ -76,17 +75,14 @@ def per_op_ns(body: str, mapping: object, repeat: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=7)
-    args = parser.parse_args()
-    print(interpreter_line())
+    repeat = start(__doc__, default_repeat=7)
     print()
     print("| operation | dict ns/op | UnsafeMap ns/op | ratio | bare forwarding class ns/op | its ratio |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, body in OPERATIONS.items():
-        plain = per_op_ns(body, dict.fromkeys(KEYS, 0), args.repeat)
-        checked = per_op_ns(body, UnsafeMap(dict.fromkeys(KEYS, 0)), args.repeat)
-        floor = per_op_ns(body, Forwarding(dict.fromkeys(KEYS, 0)), args.repeat)
+        plain = per_op_ns(body, dict.fromkeys(KEYS, 0), repeat)
+        checked = per_op_ns(body, UnsafeMap(dict.fromkeys(KEYS, 0)), repeat)
+        floor = per_op_ns(body, Forwarding(dict.fromkeys(KEYS, 0)), repeat)
         print(
             f"| {name} | {plain:.1f} | {checked:.1f} | {checked / plain:.2f}x "
             f"| {floor:.1f} | {floor / plain:.2f}x |"

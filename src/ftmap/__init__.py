@@ -4,6 +4,7 @@
   it as Go's runtime does.
 - SyncMap: Go's sync.Map (read map, dirty map, misses promotion), linearizable.
 - ShardedMap: per-shard locks, atomic compound operations, no deadlocks.
+- SnapshotMap: immutable snapshots swapped by one reference store.
 """
 
 from ._errors import (
@@ -17,18 +18,23 @@ from ._errors import (
 from ._fnv import fnv1_32, fnv1a_32, fnv1a_64
 from ._markers import DELETE, MISSING
 from ._sharded import ShardedMap
+from ._snapshot import Change, FrozenDict, Snapshot, SnapshotMap, freeze
 from ._sync import SyncMap, SyncMapStats
 from ._unsafe import UnsafeMap, race_log
 
 __all__ = [
     "DELETE",
     "MISSING",
+    "Change",
     "ConcurrentIterationError",
     "ConcurrentMapError",
     "ConcurrentReadWriteError",
     "ConcurrentWriteError",
+    "FrozenDict",
     "RecursiveUpdateError",
     "ShardedMap",
+    "Snapshot",
+    "SnapshotMap",
     "SyncMap",
     "SyncMapStats",
     "ThreadInfo",
@@ -36,6 +42,7 @@ __all__ = [
     "fnv1_32",
     "fnv1a_32",
     "fnv1a_64",
+    "freeze",
     "race_log",
 ]
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, MutableMapping, ValuesView
 from typing import Any, TypeVar
 
-__all__ = ["ItemsBackedMap"]
+__all__ = ["ItemsBackedMap", "same_value"]
 
 K = TypeVar("K")
 V = TypeVar("V")
+
+
+def same_value(a: object, b: object) -> bool:
+    """How ftmap compares values (compare_and_swap, replace, remove ...): identity first, then ==."""
+    return a is b or bool(a == b)
 
 
 class ItemsBackedMap(MutableMapping[K, V]):

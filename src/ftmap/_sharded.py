@@ -32,7 +32,7 @@ from collections.abc import (
 )
 from typing import Any, TypeVar, overload
 
-from ._base import ItemsBackedMap
+from ._base import ItemsBackedMap, same_value
 from ._errors import RecursiveUpdateError
 from ._markers import DELETE, MISSING
 
@@ -45,11 +45,6 @@ D = TypeVar("D")
 _MASK_30 = 0x3FFFFFFF
 _GOLDEN_30 = 0x278DDE6D  # 2**30 / golden ratio, odd: a product of two ints < 2**30 stays fast
 MAX_SHARDS = 1 << 20
-
-
-def _same(a: object, b: object) -> bool:
-    # replace and remove compare as SyncMap does: identity first, then ==.
-    return a is b or bool(a == b)
 
 
 class ShardedMap(ItemsBackedMap[K, V]):
@@ -219,7 +214,7 @@ class ShardedMap(ItemsBackedMap[K, V]):
         data, lock = self._locked(key, "replace")
         with lock:
             current = data.get(key, MISSING)
-            if current is MISSING or not _same(current, old):
+            if current is MISSING or not same_value(current, old):
                 return False
             data[key] = new
             return True
@@ -229,7 +224,7 @@ class ShardedMap(ItemsBackedMap[K, V]):
         data, lock = self._locked(key, "remove")
         with lock:
             current = data.get(key, MISSING)
-            if current is MISSING or not _same(current, old):
+            if current is MISSING or not same_value(current, old):
                 return False
             del data[key]
             return True

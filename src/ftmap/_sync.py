@@ -27,7 +27,7 @@ from collections.abc import (
 )
 from typing import Any, NamedTuple, TypeVar, overload
 
-from ._base import ItemsBackedMap
+from ._base import ItemsBackedMap, same_value
 from ._markers import _Marker
 
 __all__ = ["SyncMap", "SyncMapStats"]
@@ -42,11 +42,6 @@ D = TypeVar("D")
 # single identity test; whether a deleted entry is expunged is a flag beside it.
 _DELETED: Any = _Marker("deleted")
 _MISSING: Any = object()
-
-
-def _same(a: object, b: object) -> bool:
-    # compare_and_swap's comparison: identity first, then == (as Go compares with ==).
-    return a is b or bool(a == b)
 
 
 class _Entry:
@@ -96,7 +91,7 @@ class _Entry:
         # An expunged entry holds _DELETED, so it never compares equal.
         while True:
             current = self.value
-            if current is _DELETED or not _same(current, old):
+            if current is _DELETED or not same_value(current, old):
                 return False
             with self.lock:
                 if self.value is current:

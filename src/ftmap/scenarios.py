@@ -19,7 +19,8 @@ thread that holds it), "queue" (the same steps, ownership handed off through
 a queue.Queue), "join" (the threads run one after another, each joined
 before the next starts: reads after join), and "ftmap" (no lock at all: the
 scenario rewritten with an atomic operation of an ftmap map, where one fits:
-scenario 2 with SyncMap.load_or_store, 3 with ShardedMap.merge, 5 with
+scenarios 1 and 4 with SnapshotMap (the same code, no lock: iteration walks
+one snapshot), 2 with SyncMap.load_or_store, 3 with ShardedMap.merge, 5 with
 ShardedMap.compute).
 
     python -m ftmap.scenarios        # the demo table (make demo)
@@ -42,6 +43,7 @@ from typing import Any
 from ._errors import ConcurrentMapError
 from ._markers import DELETE, MISSING
 from ._sharded import ShardedMap
+from ._snapshot import SnapshotMap
 from ._sync import SyncMap
 from ._threads import run_together
 from ._unsafe import UnsafeMap
@@ -318,6 +320,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         lambda: {i: i for i in range(1024)},
         (_writer_churn, _iterator),
         _measure_iteration,
+        # The same code, no lock: iteration walks one immutable snapshot.
+        fix=Fix("SnapshotMap", SnapshotMap, (_writer_churn, _iterator)),
     ),
     Scenario(
         2,
@@ -345,6 +349,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         (_registry_writer, _finalizer_reader),
         _measure_finalizers,
         needs_reentrant_lock=True,
+        fix=Fix("SnapshotMap", SnapshotMap, (_registry_writer, _finalizer_reader)),
     ),
     Scenario(
         5,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ftmap import ShardedMap, SyncMap, UnsafeMap
+from ftmap import ShardedMap, SnapshotMap, SyncMap, UnsafeMap
 from ftmap.testing import MISSING, History, check_linearizable, run_threads
 
 
@@ -99,6 +99,7 @@ MAPS: dict[str, Callable[[], Any]] = {
     "UnsafeMap under a lock": lambda: Locked(UnsafeMap()),
     "SyncMap": SyncMap,
     "ShardedMap": ShardedMap,
+    "SnapshotMap": SnapshotMap,
 }
 
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from ftmap import ShardedMap, SyncMap, UnsafeMap
+from ftmap import ShardedMap, SnapshotMap, SyncMap, UnsafeMap
 
-MAP_TYPES: list[Callable[..., MutableMapping[Any, Any]]] = [UnsafeMap, SyncMap, ShardedMap]
+MAP_TYPES: list[Callable[..., MutableMapping[Any, Any]]] = [UnsafeMap, SyncMap, ShardedMap, SnapshotMap]
 
 
 @pytest.fixture(params=MAP_TYPES, ids=lambda t: t.__name__)

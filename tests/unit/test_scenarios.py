@@ -41,6 +41,7 @@ def test_demo_prints_one_row_per_scenario() -> None:
     assert all("damage 0, 0 races" in row for row in table[2:])
     assert "SyncMap.load_or_store: damage 0" in table[3]
     assert "ShardedMap.merge: damage 0" in table[4] and "ShardedMap.compute: damage 0" in table[6]
+    assert "SnapshotMap: damage 0" in table[2] and "SnapshotMap: damage 0" in table[5]
 
 
 def test_run_together_returns_results_in_order_and_collects_every_error() -> None:

@@ -1,0 +1,167 @@
+"""SnapshotMap: versions, read-only snapshots, deep freezing, history, change callbacks."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import pickle
+import threading
+from typing import Any
+
+import pytest
+
+from ftmap import Change, FrozenDict, Snapshot, SnapshotMap, freeze
+
+
+def test_every_write_publishes_exactly_one_version() -> None:
+    m: SnapshotMap[str, int] = SnapshotMap(a=1)
+    assert m.version == 1
+    m["b"] = 2
+    assert m.version == 2
+    del m["a"]
+    assert m.version == 3
+    m.update({"c": 3, "d": 4}, e=5)  # one version for the batch
+    assert m.version == 4 and m == {"b": 2, "c": 3, "d": 4, "e": 5}
+    assert m.replace({"x": 1}) == 5 and m == {"x": 1}
+    assert m.transform(lambda snap: {**snap, "y": snap["x"] + 1}) == 6 and m["y"] == 2
+    m.clear()
+    assert m.version == 7 and m == {}
+    with pytest.raises(KeyError):
+        del m["missing"]
+    assert m.version == 7  # a failed write publishes nothing
+
+
+def test_snapshot_is_read_only_consistent_and_kept_forever() -> None:
+    m: SnapshotMap[str, int] = SnapshotMap(a=1, b=2)
+    snap = m.snapshot()
+    assert isinstance(snap, Snapshot) and snap.version == 1 and snap == {"a": 1, "b": 2}
+    m["a"] = 10
+    assert snap == {"a": 1, "b": 2} and snap.version == 1  # old snapshot unchanged
+    assert m.snapshot().version == 2 and m.snapshot()["a"] == 10
+    for change in (
+        lambda: snap.__setitem__("a", 3),
+        lambda: snap.update(a=3),
+        snap.clear,
+        lambda: snap.pop("a"),
+    ):
+        with pytest.raises(TypeError, match="read-only"):
+            change()
+    assert snap is m.snapshot() or m.snapshot() is m.snapshot()  # no copy per call
+
+
+def test_get_and_snapshot_come_from_one_reference() -> None:
+    m: SnapshotMap[str, int] = SnapshotMap(a=1)
+    assert m.get.__self__ is m.snapshot()  # type: ignore[attr-defined]
+    assert m.get("a") == 1 and m.get("z") is None and m.get("z", 5) == 5
+
+
+def test_compare_and_replace_never_lets_a_stale_writer_win() -> None:
+    m: SnapshotMap[str, int] = SnapshotMap(a=1)
+    seen = m.version
+    assert m.compare_and_replace(seen, {"a": 2})
+    assert not m.compare_and_replace(seen, {"a": 3})  # stale: version moved on
+    assert m == {"a": 2} and m.version == seen + 1
+
+
+def test_values_are_deep_frozen_on_publish() -> None:
+    config = {"db": {"hosts": ["a", "b"], "tags": {"x"}}, "n": 1}
+    m: SnapshotMap[str, Any] = SnapshotMap(config)
+    db = m["db"]
+    assert isinstance(db, FrozenDict) and db["hosts"] == ("a", "b") and db["tags"] == frozenset({"x"})
+    with pytest.raises(TypeError):
+        db["hosts"] = []
+    config["db"]["hosts"].append("c")  # the caller's objects are not the published ones
+    assert m["db"]["hosts"] == ("a", "b")
+    # Frozen content is still JSON: FrozenDict is a dict, tuples become lists.
+    plain: SnapshotMap[str, Any] = SnapshotMap({"db": {"hosts": ["a", "b"]}, "n": 1})
+    assert json.loads(json.dumps(plain.snapshot())) == {"db": {"hosts": ["a", "b"]}, "n": 1}
+    assert freeze([{"a": [1]}]) == ({"a": (1,)},) and freeze("text") == "text"
+
+
+def test_frozen_values_copy_and_pickle() -> None:
+    frozen = freeze({"a": [1, 2]})
+    assert copy.deepcopy(frozen) is frozen and copy.copy(frozen) is frozen
+    assert pickle.loads(pickle.dumps(frozen)) == frozen
+    snap = Snapshot({"a": 1}, 7)
+    again = pickle.loads(pickle.dumps(snap))
+    assert again == snap and again.version == 7
+    m: SnapshotMap[str, int] = SnapshotMap(a=1)
+    assert pickle.loads(pickle.dumps(m)) == m
+
+
+def test_history_and_rollback() -> None:
+    m: SnapshotMap[str, int] = SnapshotMap(a=1, history=3)
+    for i in range(2, 6):
+        m["a"] = i
+    assert m.history_versions() == [3, 4, 5]
+    assert m.rollback(3) == 6 and m["a"] == 3  # republished as a new version
+    with pytest.raises(ValueError, match="not in the history"):
+        m.rollback(1)
+
+
+@pytest.mark.parametrize("history", [0, -1, 2.5, True])
+def test_history_must_be_a_positive_int(history: Any) -> None:
+    with pytest.raises(ValueError, match="history must be an int"):
+        SnapshotMap(history=history)
+
+
+def test_atomic_setdefault_pop_popitem() -> None:
+    m: SnapshotMap[str, int] = SnapshotMap(a=1)
+    assert m.setdefault("a", 5) == 1 and m.version == 1  # present: nothing published
+    assert m.setdefault("b", 2) == 2 and m.version == 2
+    assert m.pop("b") == 2 and m.pop("b", 0) == 0 and m.version == 3
+    assert m.popitem() == ("a", 1) and m == {}
+    with pytest.raises(KeyError):
+        m.popitem()
+
+
+# -- change callbacks ------------------------------------------------------------------------
+
+
+def test_subscribers_get_each_change_in_version_order() -> None:
+    m: SnapshotMap[str, int] = SnapshotMap(a=1, b=2)
+    changes: list[Change] = []
+    unsubscribe = m.subscribe(changes.append)
+    m.update(b=3, c=4)
+    del m["a"]
+    assert [c.new.version for c in changes] == [2, 3]
+    first = changes[0]
+    assert (first.added, first.removed, first.changed) == (frozenset({"c"}), frozenset(), frozenset({"b"}))
+    assert first.old == {"a": 1, "b": 2} and first.new == {"a": 1, "b": 3, "c": 4}
+    assert changes[1].removed == frozenset({"a"})
+    unsubscribe()
+    m["z"] = 0
+    assert len(changes) == 2
+
+
+def test_a_failing_subscriber_is_logged_and_never_stops_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    m: SnapshotMap[str, int] = SnapshotMap()
+    got: list[int] = []
+
+    def broken(change: Change) -> None:
+        raise RuntimeError("subscriber bug")
+
+    m.subscribe(broken)
+    m.subscribe(lambda change: got.append(change.new.version))
+    with caplog.at_level(logging.ERROR, logger="ftmap"):
+        m["a"] = 1
+        m["b"] = 2
+    assert got == [2, 3] and m.version == 3
+    assert "subscriber bug" in caplog.text and "failed on version 2" in caplog.text
+
+
+def test_a_subscriber_may_write_the_map_without_deadlock() -> None:
+    m: SnapshotMap[str, int] = SnapshotMap(n=0)
+    seen: list[int] = []
+
+    def bump(change: Change) -> None:
+        seen.append(change.new.version)
+        if change.new["n"] < 3:
+            m["n"] = change.new["n"] + 1
+
+    m.subscribe(bump)
+    worker = threading.Thread(target=lambda: m.__setitem__("n", 1), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive() and m["n"] == 3 and seen == [2, 3, 4]
