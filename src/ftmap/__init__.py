@@ -18,7 +18,7 @@ from ._errors import (
 from ._fnv import fnv1_32, fnv1a_32, fnv1a_64
 from ._markers import DELETE, MISSING
 from ._sharded import ShardedMap
-from ._snapshot import Change, FrozenDict, Snapshot, SnapshotMap, freeze
+from ._snapshot import Change, FrozenDict, Snapshot, SnapshotMap, SnapshotReader, freeze
 from ._sync import SyncMap, SyncMapStats
 from ._unsafe import UnsafeMap, race_log
 
@@ -35,6 +35,7 @@ __all__ = [
     "ShardedMap",
     "Snapshot",
     "SnapshotMap",
+    "SnapshotReader",
     "SyncMap",
     "SyncMapStats",
     "ThreadInfo",

@@ -21,7 +21,7 @@ from typing import Any, NoReturn, TypeVar
 
 from ._base import same_value
 
-__all__ = ["Change", "FrozenDict", "Snapshot", "SnapshotMap", "freeze"]
+__all__ = ["Change", "FrozenDict", "Snapshot", "SnapshotMap", "SnapshotReader", "freeze"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -123,7 +123,16 @@ class SnapshotMap(MutableMapping[K, V]):
     that raises is logged (logger "ftmap") and the others still run.
     """
 
-    __slots__ = ("__weakref__", "_delivering", "_history", "_lock", "_pending", "_subscribers", "get")
+    __slots__ = (
+        "__weakref__",
+        "_delivering",
+        "_history",
+        "_lock",
+        "_pending",
+        "_subscribers",
+        "_versions",
+        "get",
+    )
 
     # get: the current snapshot's own dict.get (a bound method). The one published
     #   reference: replaced, under _lock, by one store; read without any lock.
@@ -135,6 +144,9 @@ class SnapshotMap(MutableMapping[K, V]):
     # _pending: changes published and not yet delivered, in version order (appended
     #   under _lock; taken by whichever thread holds _delivering).
     # _delivering: held by the one thread delivering changes to subscribers.
+    # _versions: a class private to this map; _versions.token is a fresh empty class
+    #   per publish, stored after get. Readers compare tokens: loading a class touches
+    #   no contended reference count on 3.13t, where loading a shared snapshot does.
 
     get: Callable[..., Any]
 
@@ -149,6 +161,7 @@ class SnapshotMap(MutableMapping[K, V]):
         self._subscribers: tuple[Callable[[Change], object], ...] = ()
         self._pending: collections.deque[Change] = collections.deque()
         self._delivering = threading.Lock()
+        self._versions: Any = type("SnapshotMapVersions", (), {"token": _new_token()})
         self.get = first.get
 
     # -- reads: one snapshot each, no lock ---------------------------------------
@@ -209,6 +222,7 @@ class SnapshotMap(MutableMapping[K, V]):
         old = self.get.__self__  # type: ignore[attr-defined]
         new: Snapshot[K, V] = Snapshot(content, old.version + 1)
         self.get = new.get  # the publish: one reference store
+        self._versions.token = _new_token()  # after get: a reader seeing it sees new
         self._history.append(new)
         if self._subscribers:
             self._pending.append(Change.between(old, new))
@@ -325,6 +339,10 @@ class SnapshotMap(MutableMapping[K, V]):
         """Publish an empty content (one version)."""
         self._write(lambda current: {})
 
+    def reader(self) -> SnapshotReader[K, V]:
+        """A reader for the calling thread to keep: reads that scale across threads (see SnapshotReader)."""
+        return SnapshotReader(self)
+
     # -- change callbacks --------------------------------------------------------------
 
     def subscribe(self, callback: Callable[[Change], object]) -> Callable[[], None]:
@@ -356,6 +374,62 @@ class SnapshotMap(MutableMapping[K, V]):
                             )
             finally:
                 self._delivering.release()
+
+
+def _new_token() -> type:
+    return type("SnapshotVersionToken", (), {"__slots__": ()})
+
+
+class SnapshotReader(Mapping[K, V]):
+    """One thread's own view of a SnapshotMap, for reads that scale across threads.
+
+    On free-threaded 3.13 every load of a shared object touches its reference
+    count, so threads reading one shared snapshot slow each other down. A
+    reader keeps its own copy of the current snapshot and, on every read,
+    compares the map's version token (a class: free to share) with the one
+    it copied at; it copies again only after a publish. Each read sees the
+    latest version published before it began, as the map's own reads do.
+
+    Make one per thread and keep it in that thread: a reader shared between
+    threads is correct, but then shared, and so no faster than the map.
+    """
+
+    __slots__ = ("_data", "_map", "_seen", "_versions")
+
+    def __init__(self, owner: SnapshotMap[K, V]) -> None:
+        self._map = owner
+        self._versions = owner._versions
+        self._refresh()
+
+    def _refresh(self) -> None:
+        # Token first, then the snapshot: the snapshot is then at least as new as the token.
+        self._seen = self._versions.token
+        self._data: dict[K, V] = dict(self._map.snapshot())
+
+    def get(self, key: K, default: Any = None) -> Any:
+        if self._versions.token is not self._seen:
+            self._refresh()
+        return self._data.get(key, default)
+
+    def __getitem__(self, key: K) -> V:
+        if self._versions.token is not self._seen:
+            self._refresh()
+        return self._data[key]
+
+    def __contains__(self, key: object) -> bool:
+        if self._versions.token is not self._seen:
+            self._refresh()
+        return key in self._data
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self.snapshot())
+
+    def __len__(self) -> int:
+        return len(self.snapshot())
+
+    def snapshot(self) -> Snapshot[K, V]:
+        """The map's current snapshot (as SnapshotMap.snapshot)."""
+        return self._map.snapshot()
 
 
 def _frozen_items(content: Any, kwargs: Mapping[str, Any]) -> dict[Any, Any]:

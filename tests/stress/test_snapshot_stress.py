@@ -84,3 +84,31 @@ def test_iteration_and_finalizer_scenarios_fixed_with_snapshot_map_do_no_damage(
             outcome = run_scenario(scenario, SnapshotMap, "ftmap", 20_000)
             assert outcome.damage == 0, outcome.damage_text
             assert not outcome.errors
+
+
+def test_per_thread_readers_never_read_older_than_a_finished_publish(ftmap_seed: int) -> None:
+    m: SnapshotMap[str, int] = SnapshotMap(v=0)
+    finished = [0]  # the last version whose publish has returned (written by the writer only)
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            for i in range(1, 5_001):
+                m.replace({"v": i})
+                finished[0] = i
+        finally:
+            done.set()
+
+    def read(thread: int) -> int:
+        reader, checks, last = m.reader(), 0, 0
+        while not done.is_set() or checks < 1_000:
+            floor = finished[0]  # read before: this publish had finished when the read began
+            value = reader["v"]
+            assert value >= floor, f"read {value} after version {floor} had been published"
+            assert value >= last, f"went back from {last} to {value}"
+            last = value
+            checks += 1
+        return checks
+
+    run_threads(lambda t, rng: write() if t == 0 else read(t), threads=3, seed=ftmap_seed)
+    assert m["v"] == 5_000

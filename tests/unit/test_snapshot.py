@@ -165,3 +165,29 @@ def test_a_subscriber_may_write_the_map_without_deadlock() -> None:
     worker.start()
     worker.join(10)
     assert not worker.is_alive() and m["n"] == 3 and seen == [2, 3, 4]
+
+
+# -- per-thread readers ---------------------------------------------------------------------
+
+
+def test_reader_sees_every_publish_from_the_moment_it_completes() -> None:
+    m: SnapshotMap[str, int] = SnapshotMap(a=1)
+    reader = m.reader()
+    assert reader["a"] == 1 and reader.get("a") == 1 and "a" in reader and reader.get("z", 0) == 0
+    m["a"] = 2
+    assert reader["a"] == 2  # no stale copy after the publish returned
+    del m["a"]
+    assert "a" not in reader and reader.get("a") is None
+    with pytest.raises(KeyError):
+        reader["a"]
+    m.replace({"x": 1, "y": 2})
+    assert sorted(reader) == ["x", "y"] and len(reader) == 2 and reader.snapshot() is m.snapshot()
+
+
+def test_a_reader_made_in_another_thread_reads_the_same_map() -> None:
+    m: SnapshotMap[str, int] = SnapshotMap(a=1)
+    got: list[int] = []
+    worker = threading.Thread(target=lambda: got.append(m.reader()["a"]))
+    worker.start()
+    worker.join(10)
+    assert got == [1]
