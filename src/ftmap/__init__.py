@@ -4,9 +4,19 @@
   it as Go's runtime does.
 - SyncMap: Go's sync.Map (read map, dirty map, misses promotion), linearizable.
 - ShardedMap: per-shard locks, atomic compound operations, no deadlocks.
-- SnapshotMap: immutable snapshots swapped by one reference store.
+- SnapshotMap: immutable snapshots swapped by one reference store; ConfigWatcher
+  keeps one equal to a configuration file.
 """
 
+from ._config import (
+    ConfigError,
+    ConfigWatcher,
+    EmptyConfigError,
+    ParseError,
+    ValidationError,
+    WatchStatus,
+    parse_config,
+)
 from ._errors import (
     ConcurrentIterationError,
     ConcurrentMapError,
@@ -30,7 +40,11 @@ __all__ = [
     "ConcurrentMapError",
     "ConcurrentReadWriteError",
     "ConcurrentWriteError",
+    "ConfigError",
+    "ConfigWatcher",
+    "EmptyConfigError",
     "FrozenDict",
+    "ParseError",
     "RecursiveUpdateError",
     "ShardedMap",
     "Snapshot",
@@ -40,10 +54,13 @@ __all__ = [
     "SyncMapStats",
     "ThreadInfo",
     "UnsafeMap",
+    "ValidationError",
+    "WatchStatus",
     "fnv1_32",
     "fnv1a_32",
     "fnv1a_64",
     "freeze",
+    "parse_config",
     "race_log",
 ]
 

@@ -339,6 +339,25 @@ class SnapshotMap(MutableMapping[K, V]):
         """Publish an empty content (one version)."""
         self._write(lambda current: {})
 
+    @classmethod
+    def from_file(
+        cls,
+        path: str | Any,
+        *,
+        format: str | None = None,
+        validate: Callable[[dict[str, Any]], object] | None = None,
+        history: int = 10,
+    ) -> SnapshotMap[str, Any]:
+        """A SnapshotMap loaded from a JSON, TOML, YAML or .env file (raises if it cannot be).
+
+        To keep it current as the file changes, use ftmap.ConfigWatcher(map, path).
+        """
+        from ._config import ConfigWatcher  # noqa: PLC0415  (_config builds on this module)
+
+        store: SnapshotMap[str, Any] = SnapshotMap(history=history)
+        ConfigWatcher(store, path, format=format, validate=validate)
+        return store
+
     def reader(self) -> SnapshotReader[K, V]:
         """A reader for the calling thread to keep: reads that scale across threads (see SnapshotReader)."""
         return SnapshotReader(self)

@@ -6,7 +6,7 @@ import pytest
 
 from ftmap import UnsafeMap
 from ftmap._threads import run_together
-from ftmap.scenarios import SCENARIOS, demo, run_scenario
+from ftmap.scenarios import SCENARIOS, demo, hot_reload_demo, run_scenario
 
 
 @pytest.mark.parametrize("sync", ["lock", "queue", "join"])
@@ -54,3 +54,11 @@ def test_run_together_returns_results_in_order_and_collects_every_error() -> Non
     with pytest.raises(ExceptionGroup) as caught:
         run_together([lambda: fail("x"), lambda: 1, lambda: fail("y")])
     assert sorted(str(e) for e in caught.value.exceptions) == ["x", "y"]
+
+
+@pytest.mark.thread_unsafe(reason="changes the ftmap logger's level and pins threads")
+def test_hot_reload_demo_publishes_reloads_and_nothing_torn() -> None:
+    row = hot_reload_demo(rewrites=30).splitlines()[2]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert int(cells[1]) >= 2  # the initial load and at least the final rewrite
+    assert int(cells[3]) > 0 and cells[4] == "0"  # snapshots were read, none torn

@@ -1,0 +1,60 @@
+"""Hot reload under load: readers never see a torn config while the file is rewritten, badly and well."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+from pathlib import Path
+
+from ftmap import ConfigWatcher, ParseError, SnapshotMap, ValidationError
+from ftmap.testing import run_threads
+
+
+def test_readers_never_see_a_torn_or_invalid_config_during_reloads(tmp_path: Path, ftmap_seed: int) -> None:
+    path = tmp_path / "app.json"
+    path.write_text(json.dumps({"a": 0, "b": 0}))
+    errors: list[Exception] = []
+
+    def validate(config: dict[str, int]) -> list[str]:
+        return [] if config.get("b") == 2 * config.get("a", -1) else ["b must be 2 * a"]
+
+    watcher = ConfigWatcher(
+        SnapshotMap(), path, validate=validate, on_error=errors.append, interval=0.002, quiet=0.004
+    )
+    done = threading.Event()
+
+    def rewrite(rng: random.Random) -> None:
+        try:
+            for i in range(1, 301):
+                kind = rng.random()
+                if kind < 0.15:
+                    text = '{"a": 1, "b":'  # invalid syntax
+                elif kind < 0.3:
+                    text = json.dumps({"a": i, "b": i})  # valid syntax, rejected by validation
+                else:
+                    text = json.dumps({"a": i, "b": 2 * i})
+                temporary = path.with_name(f"app.{i}.tmp")
+                temporary.write_text(text)
+                os.replace(temporary, path)
+        finally:
+            done.set()
+
+    def read() -> int:
+        checks, last = 0, 0
+        while not done.is_set() or checks < 1_000:
+            snap = watcher.store.snapshot()
+            assert snap["b"] == 2 * snap["a"], f"torn or invalid config published: {dict(snap)}"
+            assert snap.version >= last
+            last = snap.version
+            checks += 1
+        return checks
+
+    with watcher:
+        run_threads(lambda t, rng: rewrite(rng) if t == 0 else read(), threads=3, seed=ftmap_seed)
+        final = json.loads(path.read_text())
+        if final.get("b") == 2 * final.get("a", -1):
+            assert watcher.wait_for(lambda s: watcher.store.get("a") == final["a"], timeout=10)
+    assert watcher.status.reloads >= 2
+    assert all(isinstance(e, ParseError | ValidationError) for e in errors)
