@@ -7,7 +7,7 @@ FT_VENV    := .venv-ft
 GIL_VENV   := .venv-gil
 FT         := $(FT_VENV)/bin/python
 GIL        := $(GIL_VENV)/bin/python
-PIP_FLAGS  := --quiet --disable-pip-version-check -c ci/constraints.txt
+PIP_FLAGS  := --quiet --disable-pip-version-check -c ci/constraints.txt --only-binary=watchfiles
 PYTEST     := -m pytest -p no:cacheprovider
 
 .PHONY: test lint test-ft test-parallel test-gil demo bench clean

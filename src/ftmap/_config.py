@@ -6,7 +6,9 @@ syntax, a rejected validation, a missing file, a permission error) the last
 good snapshot stays, the failure is recorded on ``status`` and reported to
 ``on_error``.
 
-Watching polls with the standard library only. Each poll opens the path
+Watching polls with the standard library by default, or follows the
+directory's events with watchfiles (``backend="watchfiles"``, the ``watch``
+extra), which sees a change at once. Either way each look opens the path
 afresh, so whatever the path now names is what is read: an editor's atomic
 save (write a temporary file, rename it over), delete-then-recreate, and a
 Kubernetes ConfigMap's ``..data`` symlink swap are all just "the bytes
@@ -157,6 +159,10 @@ class ConfigWatcher:
     starts and stops. ``reload()`` checks at once, without debouncing.
     ``on_error(error)`` and ``on_reload(version)`` are called on the thread
     that loaded; an exception from them is logged, never fatal.
+    ``backend`` is "poll" (the standard library, every ``interval`` seconds)
+    or "watchfiles" (events on the file's directory, grouped for ``quiet``
+    seconds and at most ``max_delay``, and a look every ``interval`` seconds
+    besides, should an event be missed).
     """
 
     def __init__(
@@ -173,7 +179,18 @@ class ConfigWatcher:
         on_error: Callable[[Exception], object] | None = None,
         on_reload: Callable[[int], object] | None = None,
         must_load: bool = True,
+        backend: str = "poll",
     ) -> None:
+        if backend not in ("poll", "watchfiles"):
+            raise ValueError(f'backend must be "poll" or "watchfiles", not {backend!r}')
+        if backend == "watchfiles":
+            try:
+                import watchfiles  # noqa: F401, PLC0415  (optional: the watch extra)
+            except ImportError as error:
+                raise ImportError(
+                    'backend="watchfiles" needs watchfiles: pip install ftmap[watch]'
+                ) from error
+        self.backend = backend
         self.store = store
         self.path = Path(path)
         self.format = format or detect_format(path)
@@ -293,9 +310,8 @@ class ConfigWatcher:
         """Begin polling on a daemon thread (idempotent)."""
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._poll, name=f"ftmap-watch:{self.path.name}", daemon=True
-            )
+            body = self._poll if self.backend == "poll" else self._follow_events
+            self._thread = threading.Thread(target=body, name=f"ftmap-watch:{self.path.name}", daemon=True)
             self._thread.start()
         return self
 
@@ -310,6 +326,26 @@ class ConfigWatcher:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    def _follow_events(self) -> None:
+        from watchfiles import watch  # noqa: PLC0415  (checked importable in __init__)
+
+        while not self._stop.is_set():
+            try:
+                for _ in watch(
+                    self.path.parent,
+                    stop_event=self._stop,
+                    debounce=max(1, int(self.max_delay * 1000)),
+                    step=max(1, int(self.quiet * 1000)),
+                    rust_timeout=max(1, int(self.interval * 1000)),
+                    yield_on_timeout=True,  # a look every interval too, should an event be missed
+                    recursive=False,
+                ):
+                    self.reload()
+            except Exception:
+                # Never dies silently: log, breathe, and watch again.
+                log.exception("ConfigWatcher for %s: the watchfiles backend failed; restarting it", self.path)
+                self._stop.wait(self.interval)
 
     def _poll(self) -> None:
         # Never dies silently: anything unexpected is logged and polling goes on.

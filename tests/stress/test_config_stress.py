@@ -6,6 +6,7 @@ import json
 import os
 import random
 import threading
+import time
 from pathlib import Path
 
 from ftmap import ConfigWatcher, ParseError, SnapshotMap, ValidationError
@@ -28,7 +29,7 @@ def test_readers_never_see_a_torn_or_invalid_config_during_reloads(tmp_path: Pat
     def rewrite(rng: random.Random) -> None:
         try:
             for i in range(1, 301):
-                kind = rng.random()
+                kind = 1.0 if i == 300 else rng.random()  # the last version is valid
                 if kind < 0.15:
                     text = '{"a": 1, "b":'  # invalid syntax
                 elif kind < 0.3:
@@ -38,6 +39,8 @@ def test_readers_never_see_a_torn_or_invalid_config_during_reloads(tmp_path: Pat
                 temporary = path.with_name(f"app.{i}.tmp")
                 temporary.write_text(text)
                 os.replace(temporary, path)
+                if i % 10 == 0:
+                    time.sleep(0.01)  # edits come in bursts: the scenario, not synchronisation
         finally:
             done.set()
 
@@ -53,8 +56,6 @@ def test_readers_never_see_a_torn_or_invalid_config_during_reloads(tmp_path: Pat
 
     with watcher:
         run_threads(lambda t, rng: rewrite(rng) if t == 0 else read(), threads=3, seed=ftmap_seed)
-        final = json.loads(path.read_text())
-        if final.get("b") == 2 * final.get("a", -1):
-            assert watcher.wait_for(lambda s: watcher.store.get("a") == final["a"], timeout=10)
+        assert watcher.wait_for(lambda s: watcher.store.get("a") == 300, timeout=10), watcher.status
     assert watcher.status.reloads >= 2
     assert all(isinstance(e, ParseError | ValidationError) for e in errors)

@@ -36,6 +36,14 @@ pytestmark = pytest.mark.thread_unsafe(reason="files, watcher threads and timing
 FAST = {"interval": 0.01, "quiet": 0.05, "max_delay": 1.0}
 
 
+@pytest.fixture(params=["poll", "watchfiles"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each reload case runs with both ways of watching."""
+    if request.param == "watchfiles":
+        pytest.importorskip("watchfiles")
+    return str(request.param)
+
+
 def write_atomically(path: Path, text: str) -> None:
     """An editor's save: write a temporary file beside it, then rename it over."""
     temporary = path.with_name(path.name + ".tmp")
@@ -95,20 +103,20 @@ def test_the_initial_load_raises_when_the_file_cannot_be_loaded(tmp_path: Path) 
 # -- the reload cases ----------------------------------------------------------------------------
 
 
-def test_atomic_rename_save(tmp_path: Path) -> None:
+def test_atomic_rename_save(tmp_path: Path, backend: str) -> None:
     path = tmp_path / "app.json"
     path.write_text('{"v": 1}')
-    watcher, errors = watch(path)
+    watcher, errors = watch(path, backend=backend)
     with watcher:
         write_atomically(path, '{"v": 2}')
         settled(watcher, reloads=2)
     assert watcher.store == {"v": 2} and errors == []
 
 
-def test_in_place_truncate_and_write_in_chunks_with_pauses(tmp_path: Path) -> None:
+def test_in_place_truncate_and_write_in_chunks_with_pauses(tmp_path: Path, backend: str) -> None:
     path = tmp_path / "app.json"
     path.write_text(json.dumps({"v": 1, "pad": "x" * 10}))
-    watcher, errors = watch(path, quiet=0.02)  # quiet shorter than the writer's pauses
+    watcher, errors = watch(path, backend=backend, quiet=0.02)  # quiet shorter than the writer's pauses
     final = json.dumps({"v": 2, "pad": "y" * 300})
     with watcher:
         with open(path, "w") as file:  # truncates: the reader may see any prefix
@@ -124,14 +132,14 @@ def test_in_place_truncate_and_write_in_chunks_with_pauses(tmp_path: Path) -> No
     assert watcher.store.history_versions()[-1] == watcher.status.version
 
 
-def test_kubernetes_style_symlink_swap(tmp_path: Path) -> None:
+def test_kubernetes_style_symlink_swap(tmp_path: Path, backend: str) -> None:
     # ConfigMap layout: app.json -> ..data/app.json, ..data -> ..2024_01 (swapped atomically)
     for version in ("..v1", "..v2"):
         (tmp_path / version).mkdir()
         (tmp_path / version / "app.json").write_text(json.dumps({"v": version}))
     (tmp_path / "..data").symlink_to("..v1")
     (tmp_path / "app.json").symlink_to("..data/app.json")
-    watcher, errors = watch(tmp_path / "app.json")
+    watcher, errors = watch(tmp_path / "app.json", backend=backend)
     assert watcher.store == {"v": "..v1"}
     with watcher:
         (tmp_path / "..data_tmp").symlink_to("..v2")
@@ -140,10 +148,10 @@ def test_kubernetes_style_symlink_swap(tmp_path: Path) -> None:
     assert watcher.store == {"v": "..v2"} and errors == []
 
 
-def test_delete_then_recreate(tmp_path: Path) -> None:
+def test_delete_then_recreate(tmp_path: Path, backend: str) -> None:
     path = tmp_path / "app.toml"
     path.write_text("v = 1\n")
-    watcher, errors = watch(path)
+    watcher, errors = watch(path, backend=backend)
     with watcher:
         path.unlink()
         settled(watcher, failures=1)
@@ -154,10 +162,10 @@ def test_delete_then_recreate(tmp_path: Path) -> None:
     assert watcher.store == {"v": 2} and len(errors) == 1
 
 
-def test_invalid_toml_keeps_the_last_good_config(tmp_path: Path) -> None:
+def test_invalid_toml_keeps_the_last_good_config(tmp_path: Path, backend: str) -> None:
     path = tmp_path / "app.toml"
     path.write_text('name = "ok"\n')
-    watcher, errors = watch(path)
+    watcher, errors = watch(path, backend=backend)
     with watcher:
         write_atomically(path, "name = \n")
         settled(watcher, failures=1)
@@ -169,13 +177,13 @@ def test_invalid_toml_keeps_the_last_good_config(tmp_path: Path) -> None:
     assert watcher.store == {"name": "fixed"} and watcher.status.reloads == 2
 
 
-def test_validator_rejection(tmp_path: Path) -> None:
+def test_validator_rejection(tmp_path: Path, backend: str) -> None:
     def validate(config: Any) -> list[str]:
         return [] if config.get("port", 0) > 0 else ["port must be positive"]
 
     path = tmp_path / "app.json"
     path.write_text('{"port": 80}')
-    watcher, errors = watch(path, validate=validate)
+    watcher, errors = watch(path, backend=backend, validate=validate)
     with watcher:
         write_atomically(path, '{"port": -1}')
         settled(watcher, failures=1)
@@ -299,3 +307,9 @@ def test_status_copy_stop_and_a_watcher_that_survives_errors(tmp_path: Path) -> 
     assert watcher._thread is not None and not watcher._thread.is_alive()  # stopped by the context
     assert status.reloads == 1 and watcher.status.reloads == 2  # status is a copy
     assert reloads == [2, 3]
+
+
+def test_an_unknown_backend_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "app.json").write_text("{}")
+    with pytest.raises(ValueError, match="backend must be"):
+        ConfigWatcher(SnapshotMap(), tmp_path / "app.json", backend="inotify")
