@@ -76,6 +76,8 @@ class Tally:
 
     counts: dict[str, int] = field(default_factory=dict)
     errors: list[BaseException] = field(default_factory=list)
+    # (wall start, wall end, CPU seconds) of the thread's whole run
+    span: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def add(self, name: str, n: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + n
@@ -90,6 +92,7 @@ class Outcome:
     races: list[ConcurrentMapError]
     errors: list[BaseException]
     seconds: float
+    parallel: bool  # the threads really ran at the same time (see _ran_in_parallel)
 
 
 Worker = Callable[[AnyMap, Guard, int, Tally], None]
@@ -400,7 +403,14 @@ def run_scenario(
     tallies = [Tally() for _ in workers]
 
     def bind(worker: Worker, tally: Tally) -> Callable[[], None]:
-        return lambda: worker(shared, guard, ops, tally)
+        def body() -> None:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            try:
+                worker(shared, guard, ops, tally)
+            finally:
+                tally.span = (wall, time.perf_counter(), time.thread_time() - cpu)
+
+        return body
 
     started = time.perf_counter()
     run_together(
@@ -412,7 +422,24 @@ def run_scenario(
     damage, text = scenario.measure(shared, tallies, ops)
     races = list(getattr(shared, "reports", []))
     errors = [e for t in tallies for e in t.errors if not isinstance(e, ConcurrentMapError)]
-    return Outcome(damage, text, races, errors, seconds)
+    return Outcome(damage, text, races, errors, seconds, _ran_in_parallel([t.span for t in tallies]))
+
+
+def _ran_in_parallel(spans: list[tuple[float, float, float]]) -> bool:
+    """Whether two threads really ran at the same time, not taking turns on one core.
+
+    Each must have been on a CPU for at least 80% of its own wall-clock span,
+    and the spans must overlap by at least half of the shorter one: then the
+    threads ran side by side for much of the overlap. A busy machine, or a
+    scheduler that puts both on one core, fails this; races there leave
+    nothing for an overlap-based detector to see.
+    """
+    (start_a, end_a, cpu_a), (start_b, end_b, cpu_b) = spans
+    wall_a, wall_b = end_a - start_a, end_b - start_b
+    if min(wall_a, wall_b) <= 0:
+        return False
+    overlap = min(end_a, end_b) - max(start_a, start_b)
+    return cpu_a >= 0.8 * wall_a and cpu_b >= 0.8 * wall_b and overlap >= 0.5 * min(wall_a, wall_b)
 
 
 # -- the demo ---------------------------------------------------------------------------

@@ -30,14 +30,31 @@ SYNCED = ("lock", "queue", "join")
 @pytest.mark.ftmap_races_expected
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
 def test_racy_scenario_is_detected_in_99_of_100_runs(scenario: Scenario) -> None:
-    misses = []
-    for run in range(100):
+    # A run counts when its race was detected, or when the two threads really ran at
+    # the same time (Outcome.parallel) and it was missed. A missed run in which they
+    # took turns on one core (a busy machine) had no overlap to detect: it is left
+    # out, reported, and replaced. With no parallel time at all to be had, the bar
+    # cannot be measured and the test says so instead of blaming the detector.
+    counted, missed, unmeasurable = 0, [], 0
+    for run in range(400):
         outcome = run_scenario(scenario, UnsafeMap, "none", 20_000)
-        if not outcome.races:
-            misses.append(run)
         assert all(isinstance(e, ConcurrentMapError) for e in outcome.races)
-    print(f"{scenario.name}: detected in {100 - len(misses)}/100 runs; missed runs {misses}")
-    assert len(misses) <= 1, f"missed in runs {misses}"
+        if outcome.races:
+            counted += 1
+        elif outcome.parallel:
+            counted += 1
+            missed.append(run)
+        else:
+            unmeasurable += 1
+        if counted == 100:
+            break
+    print(
+        f"{scenario.name}: detected in {counted - len(missed)}/{counted} runs; missed runs {missed}; "
+        f"{unmeasurable} runs left out (the threads took turns on one core)"
+    )
+    if counted < 100:
+        pytest.skip(f"only {counted} of 400 runs had the two threads running at once: a busy machine")
+    assert len(missed) <= 1, f"missed in runs {missed}"
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
