@@ -208,8 +208,8 @@ class ConfigWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._changed = threading.Condition()
-        outcome = self.reload()
-        if must_load and self._applied is None and outcome is False and self._status.last_error is not None:
+        self.reload()
+        if must_load and self._applied is None and self._status.last_error is not None:
             raise self._status.last_error
 
     # -- loading --------------------------------------------------------------------

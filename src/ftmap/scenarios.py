@@ -29,10 +29,13 @@ ShardedMap.compute).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import operator
+import os
 import queue
 import sys
+import tempfile
 import threading
 import time
 import weakref
@@ -41,6 +44,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._config import ConfigWatcher
 from ._errors import ConcurrentMapError
 from ._markers import DELETE, MISSING
 from ._sharded import ShardedMap
@@ -477,11 +481,6 @@ def demo(ops: int = 20_000, width: int = 70) -> str:
 
 def hot_reload_demo(rewrites: int = 100) -> str:
     """Readers hammer a config store while its file is rewritten, badly and well; a markdown table."""
-    import json  # noqa: PLC0415  (only the demo needs them)
-    import os  # noqa: PLC0415
-    import tempfile  # noqa: PLC0415
-
-    from ._config import ConfigWatcher  # noqa: PLC0415
 
     def validate(config: dict[str, Any]) -> list[str]:
         return [] if config.get("b") == 2 * config.get("a", -1) else ["b must be 2 * a"]
