@@ -1,0 +1,5 @@
+"""python -m ftmap.bench"""
+
+from ._cli import main
+
+raise SystemExit(main())
