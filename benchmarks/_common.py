@@ -1,24 +1,18 @@
-"""What the benchmark scripts share: the interpreter line, the keys and the timed thread loop."""
+"""What the bar scripts share: the keys, the interpreter line and the timed thread loop."""
 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from ftmap.bench._report import environment, interpreter_line
 from ftmap.testing import run_threads
 
 KEYS = [sys.intern(f"key-{i}") for i in range(1000)]
 ROUNDS = 100
-
-
-def interpreter_line() -> str:
-    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
-    build = "GIL" if gil else "free-threaded, GIL off"
-    return f"Python {platform.python_version()} ({build}), {platform.machine()}"
 
 
 def start(doc: str | None, default_repeat: int = 5) -> int:
@@ -26,7 +20,7 @@ def start(doc: str | None, default_repeat: int = 5) -> int:
     parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     parser.add_argument("--repeat", type=int, default=default_repeat, help="repetitions; the best is kept")
     repeat: int = parser.parse_args().repeat
-    print(interpreter_line())
+    print(interpreter_line(environment()))
     return repeat
 
 

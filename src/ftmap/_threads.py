@@ -8,9 +8,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-__all__ = ["pin_to_own_cpu", "run_together"]
+__all__ = ["pin_to_own_cpu", "run_together", "usable_cpus"]
 
 R = TypeVar("R")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def pin_to_own_cpu(index: int) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .._threads import usable_cpus
 from ._contenders import Contender, available_contenders, gil_enabled
 from ._measure import Cell, Settings, measure, timer_overhead_ns
 from ._report import Report, environment, interpreter_line, threads_text, write_chart
@@ -18,11 +18,6 @@ from ._workloads import WORKLOADS, Workload, make_keys
 __all__ = ["main", "run"]
 
 FULL_KEYS = (1_000, 100_000)
-
-
-def _cpus() -> int:
-    count = os.process_cpu_count() if hasattr(os, "process_cpu_count") else os.cpu_count()
-    return count or 1
 
 
 def _numbers(text: str) -> list[int]:
@@ -112,7 +107,7 @@ def run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    cpus = _cpus()
+    cpus = usable_cpus()
     quick = args.quick
 
     def chosen(given: float | None, quick_default: float, full_default: float) -> float:

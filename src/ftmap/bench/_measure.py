@@ -24,7 +24,7 @@ from typing import Any
 
 from ..testing import run_threads
 from ._contenders import Contender
-from ._workloads import READS_PER_RELOAD, Workload, compile_batch
+from ._workloads import READS_PER_KEY_PER_RELOAD, Workload, compile_batch
 
 __all__ = ["Cell", "Settings", "measure", "percentile", "timer_overhead_ns"]
 
@@ -95,6 +95,8 @@ class _Worker:
         self.batch_length = plan.batch_length
         self.samples_per_batch = plan.settings.samples_per_batch
         self.reloader = index == 0
+        # The reloading thread's own share of the reads between reloads.
+        self.reads_per_reload = READS_PER_KEY_PER_RELOAD * len(plan.content) // plan.threads
         self.samples: list[int] = []
         self.ready = False
         self.position = 0
@@ -118,7 +120,7 @@ class _Worker:
             if len(chunk) < length:
                 chunk += program[: length - len(chunk)]
             self.position = (start + length) % len(program)
-        reload = self.reloader and self.reads_since_reload >= READS_PER_RELOAD
+        reload = self.reloader and self.reads_since_reload >= self.reads_per_reload
         if reload:
             self.flip ^= 1
             self.reads_since_reload = 0
@@ -217,7 +219,7 @@ class _Plan:
         tracemalloc.start()
         try:
             worker = self.workers(self.fresh_map(), threads=1)[0]
-            worker.reads_since_reload = READS_PER_RELOAD
+            worker.reads_since_reload = worker.reads_per_reload
             worker.step()
             return tracemalloc.get_traced_memory()[1]
         finally:

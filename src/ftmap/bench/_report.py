@@ -6,7 +6,6 @@ import dataclasses
 import datetime
 import importlib
 import json
-import os
 import platform
 import sysconfig
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from .._threads import usable_cpus
 from ._contenders import gil_enabled
 from ._measure import Cell, Settings
 
@@ -36,11 +36,10 @@ def _cpu_model() -> str:
 def environment() -> dict[str, Any]:
     """The facts a reader needs to weigh the numbers: machine, interpreter, GIL state, date."""
     free_threaded_build = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
-    cpus = os.process_cpu_count() if hasattr(os, "process_cpu_count") else os.cpu_count()
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": _cpu_model(),
-        "cpus": cpus,
+        "cpus": usable_cpus(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
@@ -61,7 +60,10 @@ def threads_text(count: int) -> str:
 
 
 def _mops(rate: float | None) -> str:
-    return "-" if rate is None else f"{rate / 1e6:.2f}" if rate >= 1e5 else f"{rate / 1e6:.4f}"
+    if rate is None:
+        return "-"
+    mops = rate / 1e6
+    return f"{mops:.2f}" if mops >= 0.1 else f"{mops:.2g}"  # two significant digits when small
 
 
 def _micros(ns: float | None) -> str:

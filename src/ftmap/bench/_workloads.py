@@ -25,12 +25,14 @@ from typing import Any
 
 from ._contenders import SNIPPET_GLOBALS, Contender
 
-__all__ = ["READS_PER_RELOAD", "WORKLOADS", "Workload", "compile_batch", "make_keys", "render_batch"]
+__all__ = ["READS_PER_KEY_PER_RELOAD", "WORKLOADS", "Workload", "compile_batch", "make_keys", "render_batch"]
 
 BATCH_ARGS = "m, view, lock, prog, v, new, size, reload, samples, clock"
 PROGRAM_LENGTH = 1024  # operations in a thread's program; batches walk it round and round
 WRITERS_PRIVATE_KEYS = 32  # keys one thread inserts and deletes per pass of the iteration workload
-READS_PER_RELOAD = 10_000  # the config workload's reloading thread replaces the content this often
+# The config workload replaces the whole content once per this many reads of each key, counting
+# the reads of all threads: the same mix of reads and reloads at every thread count and size.
+READS_PER_KEY_PER_RELOAD = 10
 
 
 def make_keys(count: int) -> list[str]:
@@ -147,8 +149,9 @@ WORKLOADS: list[Workload] = [
     ),
     Workload(
         "config-reload",
-        f"every thread reads random keys; one also replaces the whole content every {READS_PER_RELOAD:,}"
-        " reads (latency is that of the reads)",
+        "every thread reads random keys; the first also replaces the whole content (same keys, new"
+        f" values) once per {READS_PER_KEY_PER_RELOAD} x keys reads, its share counted as if all threads"
+        " read at its pace (latency is that of the reads)",
         _random_keys,
         _ONE.replace("return len(prog)", _RELOAD_THEN_RETURN) % "read",
         _ONE % "read",
