@@ -99,6 +99,15 @@ def test_peak_memory_grows_with_the_map() -> None:
     assert large.peak_memory_bytes > 20 * small.peak_memory_bytes
 
 
+def test_peak_memory_is_the_map_s_own_whatever_the_workload() -> None:
+    settings = Settings(duration=0.002, warmup=0.0, repeat=1, memory=True)
+    keys = make_keys(20_000)
+    reads = measure(workload("read-only"), BY_NAME["dict"], keys, 1, settings=settings)
+    counts = measure(workload("hot-counter"), BY_NAME["dict"], keys, 1, settings=settings)
+    assert reads.peak_memory_bytes and counts.peak_memory_bytes
+    assert counts.peak_memory_bytes < 1.2 * reads.peak_memory_bytes
+
+
 def test_percentile_is_nearest_rank() -> None:
     values = list(range(1, 101))
     assert percentile(values, 0.5) == 50 and percentile(values, 0.99) == 99 and percentile([7], 0.99) == 7

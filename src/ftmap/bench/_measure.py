@@ -170,12 +170,14 @@ class _Plan:
         )
         self.batch_length = len(self.programs[0])
 
-    def fresh_map(self) -> Any:
-        """A new map of the content; the counter workload's key starts from a new zero counter."""
-        content = self.content
+    def fresh_content(self) -> dict[Any, Any]:
+        """The content to build a map from; the counter workload's key holds a new zero counter."""
         if self.workload.name == "hot-counter":
-            content = {**content, self.keys[0]: self.contender.counter_start()}
-        return self.contender.build(content)
+            return {**self.content, self.keys[0]: self.contender.counter_start()}
+        return self.content
+
+    def fresh_map(self) -> Any:
+        return self.contender.build(self.fresh_content())
 
     def workers(self, m: Any, threads: int | None = None) -> list[_Worker]:
         count = self.threads if threads is None else threads
@@ -216,9 +218,10 @@ class _Plan:
 
         The batch includes a reload where the workload has them: a new snapshot is the cost.
         """
+        content = self.fresh_content()  # made before tracing: only the map's own memory counts
         tracemalloc.start()
         try:
-            worker = self.workers(self.fresh_map(), threads=1)[0]
+            worker = self.workers(self.contender.build(content), threads=1)[0]
             worker.reads_since_reload = worker.reads_per_reload
             worker.step()
             return tracemalloc.get_traced_memory()[1]
