@@ -91,6 +91,7 @@ def test_unsafe_map_is_measured_alone_where_it_would_report_misuse() -> None:
     assert measure(workload("read-only"), unsafe, KEYS, 2, settings=TINY).skipped is None
 
 
+@pytest.mark.thread_unsafe(reason="tracemalloc is process-wide")
 def test_peak_memory_grows_with_the_map() -> None:
     settings = Settings(duration=0.002, warmup=0.0, repeat=1, memory=True)
     small = measure(workload("read-only"), BY_NAME["dict"], make_keys(100), 1, settings=settings)
@@ -99,6 +100,7 @@ def test_peak_memory_grows_with_the_map() -> None:
     assert large.peak_memory_bytes > 20 * small.peak_memory_bytes
 
 
+@pytest.mark.thread_unsafe(reason="tracemalloc is process-wide")
 def test_peak_memory_is_the_map_s_own_whatever_the_workload() -> None:
     settings = Settings(duration=0.002, warmup=0.0, repeat=1, memory=True)
     keys = make_keys(20_000)
