@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 import operator
 import pickle
-import threading
 from typing import Any
 
 import pytest
 
 from ftmap import DELETE, MISSING, RecursiveUpdateError, ShardedMap, fnv1_32, fnv1a_32, fnv1a_64
+from tests.threads import within
 
 # -- FNV and placement -------------------------------------------------------------------
 
@@ -183,20 +183,8 @@ def test_a_callback_that_changes_its_map_raises_instead_of_deadlocking(recurse: 
         recurse(m)
         return 99
 
-    result: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            m.compute("x", callback)
-        except BaseException as error:
-            result.append(error)
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(10)
-    assert not worker.is_alive(), "deadlocked"
-    assert isinstance(result[0], RecursiveUpdateError)
-    assert "inside the callback of its compute" in str(result[0])
+    with pytest.raises(RecursiveUpdateError, match="inside the callback of its compute"):
+        within(10, lambda: m.compute("x", callback))
     assert m == {"x": 1}  # the key unchanged
     m["x"] = 2  # and the shard unlocked
     assert m["x"] == 2

@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from ftmap import SyncMap, SyncMapStats
-
-
-def within(seconds: float, fn: Callable[[], Any]) -> Any:
-    """Run fn on another thread; fail if it has not finished in time (it would be blocked)."""
-    box: list[Any] = []
-    worker = threading.Thread(target=lambda: box.append(fn()), daemon=True)
-    worker.start()
-    worker.join(seconds)
-    assert not worker.is_alive(), "blocked"
-    return box[0]
+from tests.threads import within
 
 
 def promoted(**items: int) -> SyncMap[str, int]:

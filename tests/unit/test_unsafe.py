@@ -23,6 +23,7 @@ from ftmap import (
     UnsafeMap,
     race_log,
 )
+from tests.threads import InThread
 
 
 class BlockingKey:
@@ -39,29 +40,6 @@ class BlockingKey:
 
     def __repr__(self) -> str:
         return "BlockingKey()"
-
-
-class InThread:
-    """Run fn on another thread; join() returns its result or raises its exception."""
-
-    def __init__(self, fn: Callable[[], Any], name: str = "other") -> None:
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(fn,), name=name, daemon=True)
-        self.thread.start()
-
-    def _run(self, fn: Callable[[], Any]) -> None:
-        try:
-            self.result = fn()
-        except BaseException as error:
-            self.error = error
-
-    def join(self) -> Any:
-        self.thread.join(10)
-        assert not self.thread.is_alive()
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 @contextmanager
