@@ -16,6 +16,7 @@ from ftmap.bench._contenders import available_contenders, builtin_contenders
 from ftmap.bench._measure import percentile
 from ftmap.bench._report import environment, write_chart
 from ftmap.bench._workloads import compile_batch, make_keys, render_batch
+from tests.conftest import FREE_THREADED
 
 TINY = Settings(duration=0.005, warmup=0.0, repeat=2, memory=False, seed=11)
 KEYS = make_keys(40)
@@ -89,6 +90,17 @@ def test_unsafe_map_is_measured_alone_where_it_would_report_misuse() -> None:
     unsafe = BY_NAME["UnsafeMap"]
     assert measure(workload("balanced"), unsafe, KEYS, 2, settings=TINY).skipped
     assert measure(workload("read-only"), unsafe, KEYS, 2, settings=TINY).skipped is None
+
+
+@pytest.mark.skipif(FREE_THREADED, reason="needs the GIL: threads that cannot run side by side")
+def test_throughput_spans_all_threads_so_the_gil_shows_no_gain() -> None:
+    # Under the GIL two threads take turns. Timing each thread's own window would add up
+    # windows that never overlapped and report a gain near 2x; the span from the first
+    # start to the last end reports none.
+    settings = Settings(duration=0.01, warmup=0.0, repeat=5, memory=False)
+    one, two = (measure(workload("read-only"), BY_NAME["dict"], KEYS, t, settings=settings) for t in (1, 2))
+    assert one.ops_per_second and two.ops_per_second
+    assert two.ops_per_second < 1.4 * one.ops_per_second
 
 
 @pytest.mark.thread_unsafe(reason="tracemalloc is process-wide")

@@ -102,6 +102,8 @@ class _Worker:
         self.position = 0
         self.reads_since_reload = 0
         self.flip = 0
+        self.first_start: float | None = None  # when this thread began its first batch
+        self.last_end = 0.0  # and when it ended its last
 
     def _settle_on_this_thread(self) -> None:
         self.program = list(self.program)
@@ -112,6 +114,7 @@ class _Worker:
     def step(self) -> int:
         if not self.ready:
             self._settle_on_this_thread()
+            self.first_start = time.perf_counter()
         program, length, start = self.program, self.batch_length, self.position
         if length >= len(program):
             chunk = program
@@ -132,6 +135,7 @@ class _Worker:
             done += self.sampler(
                 m, view, lock, sample, value, new, len(new), False, self.samples, time.perf_counter_ns
             )
+        self.last_end = time.perf_counter()
         return done
 
 
@@ -209,9 +213,11 @@ class _Plan:
             timeout=max(120.0, 50 * duration),
         )
         operations = sum(sum(t.results) for t in result.threads)
-        seconds = max(t.seconds for t in result.threads)
+        # From the first thread's start to the last one's end: threads that could not run
+        # side by side (a GIL, a busy CPU) then show no gain, as each thread's own time would.
+        seconds = max(w.last_end for w in workers) - min(w.first_start or w.last_end for w in workers)
         samples = [s for w in workers for s in w.samples]
-        return operations / seconds, operations, samples
+        return (operations / seconds if operations else 0.0), operations, samples
 
     def peak_memory(self) -> int:
         """Peak bytes allocated while building the map and running one batch on one thread.
@@ -250,7 +256,8 @@ def measure(
         plan.calibrate()
         cell.batch = plan.batch_length
         m = plan.fresh_map()
-        plan.run(m, settings.warmup)
+        if settings.warmup > 0:
+            plan.run(m, settings.warmup)
         for _ in range(settings.repeat):
             before = contender.counter_value(m, keys[0]) if counting else 0
             rate, operations, run_samples = plan.run(m, settings.duration)
