@@ -8,7 +8,7 @@ import importlib
 import json
 import platform
 import sysconfig
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,54 +130,43 @@ class Report:
         for dist, why in self.missing.items():
             out.append(f"- {dist}: not measured, {why}")
         footnotes: list[str] = []
+
+        def table(title: str, text: Callable[[str, str], str]) -> None:
+            """A map x workload table; text(map, workload) is one cell's text."""
+            out.extend(["", f"### {title}", "", "| map | " + " | ".join(workloads) + " |"])
+            out.append("|---|" + "---:|" * len(workloads))
+            out.extend(f"| {m} | " + " | ".join(text(m, w) for w in workloads) + " |" for m in maps)
+
+        def latency(cell: Cell | None) -> str:
+            if cell is None or cell.p50_ns is None:
+                return "-"
+            return f"{_micros(cell.p50_ns)} / {_micros(cell.p99_ns)}"
+
+        def memory(cell: Cell | None) -> str:
+            peak = None if cell is None else cell.peak_memory_bytes
+            return "-" if peak is None else f"{peak / 2**20:.2f}"
+
+        head = f"{threads_text(low)} / {threads_text(high)}" if high != low else threads_text(low)
         for keys in key_counts:
-            head = f"{threads_text(low)} / {threads_text(high)}" if high != low else threads_text(low)
-            out += [
-                "",
-                f"### Throughput, {keys:,} keys: million operations per second, {head} (scaling)",
-                "",
-                "| map | " + " | ".join(workloads) + " |",
-                "|---|" + "---:|" * len(workloads),
-            ]
-            for name in maps:
-                row = []
-                for workload in workloads:
-                    one, many = (
-                        cells.get((name, workload, keys, low)),
-                        cells.get((name, workload, keys, high)),
-                    )
-                    row.append(self._throughput_text(one, many, footnotes))
-                out.append(f"| {name} | " + " | ".join(row) + " |")
-            out += [
-                "",
-                f"### Latency, {keys:,} keys, {threads_text(high)}: p50 / p99 of sampled operations, in µs",
-                "",
-                "| map | " + " | ".join(workloads) + " |",
-                "|---|" + "---:|" * len(workloads),
-            ]
-            for name in maps:
-                row = []
-                for workload in workloads:
-                    cell = cells.get((name, workload, keys, high))
-                    ok = cell is not None and cell.p50_ns is not None
-                    row.append(f"{_micros(cell.p50_ns)} / {_micros(cell.p99_ns)}" if cell and ok else "-")
-                out.append(f"| {name} | " + " | ".join(row) + " |")
+
+            def throughput(m: str, w: str, keys: int = keys) -> str:
+                one, many = cells.get((m, w, keys, low)), cells.get((m, w, keys, high))
+                return self._throughput_text(one, many, footnotes)
+
+            def latency_at(m: str, w: str, keys: int = keys) -> str:
+                return latency(cells.get((m, w, keys, high)))
+
+            table(f"Throughput, {keys:,} keys: million operations per second, {head} (scaling)", throughput)
+            table(
+                f"Latency, {keys:,} keys, {threads_text(high)}: p50 / p99 of sampled operations, in µs",
+                latency_at,
+            )
         if any(c.peak_memory_bytes is not None for c in self.cells):
-            keys = key_counts[-1]
-            out += [
-                "",
-                f"### Peak memory, {keys:,} keys: MiB allocated building the map and running one batch",
-                "",
-                "| map | " + " | ".join(workloads) + " |",
-                "|---|" + "---:|" * len(workloads),
-            ]
-            for name in maps:
-                row = []
-                for workload in workloads:
-                    cell = cells.get((name, workload, keys, low))
-                    peak = None if cell is None else cell.peak_memory_bytes
-                    row.append("-" if peak is None else f"{peak / 2**20:.2f}")
-                out.append(f"| {name} | " + " | ".join(row) + " |")
+            largest = key_counts[-1]
+            table(
+                f"Peak memory, {largest:,} keys: MiB allocated building the map and running one batch",
+                lambda m, w: memory(cells.get((m, w, largest, low))),
+            )
         out += ["", "Workloads:", ""]
         out += [f"- **{w['name']}**: {w['about']}" for w in self.workloads if w["name"] in workloads]
         out += ["", "Maps:", ""]
