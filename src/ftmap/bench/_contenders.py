@@ -84,8 +84,11 @@ def _locked(snippets: Mapping[str, str]) -> dict[str, str]:
     return {name: with_lock(code) for name, code in snippets.items()}
 
 
-def _snapshot_increment() -> str:
-    return "m.transform(lambda s: {**s, k: s[k] + 1})"
+# Both SnapshotMap rows write alike; they differ only in how they read.
+_SNAPSHOT_WRITES: Mapping[str, str] = {
+    "increment": "m.transform(lambda s: {**s, k: s[k] + 1})",
+    "replace": "m.replace(new)",
+}
 
 
 def builtin_contenders() -> list[Contender]:
@@ -132,14 +135,14 @@ def builtin_contenders() -> list[Contender]:
             "SnapshotMap",
             SnapshotMap,
             "immutable snapshots; every write copies the content",
-            {"read": "got = m.get(k)", "increment": _snapshot_increment(), "replace": "m.replace(new)"},
+            {"read": "got = m.get(k)", **_SNAPSHOT_WRITES},
             atomic_replace=True,
         ),
         Contender(
             "SnapshotMap reader()",
             SnapshotMap,
             "reads through a per-thread m.reader(), writes as SnapshotMap",
-            {"read": "got = view.get(k)", "increment": _snapshot_increment(), "replace": "m.replace(new)"},
+            {"read": "got = view.get(k)", **_SNAPSHOT_WRITES},
             atomic_replace=True,
             view=lambda m: m.reader(),
         ),
