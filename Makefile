@@ -11,7 +11,7 @@ BENCH_VENV := .venv-bench
 FT         := $(FT_VENV)/bin/python
 GIL        := $(GIL_VENV)/bin/python
 BENCH      := $(BENCH_VENV)/bin/python
-PIP_FLAGS  := --quiet --disable-pip-version-check -c ci/constraints.txt --only-binary=watchfiles
+PIP_FLAGS  := --quiet --disable-pip-version-check -c ci/constraints.txt --only-binary=watchfiles,hypothesis
 PYTEST     := -m pytest -p no:cacheprovider
 
 .PHONY: test lint test-ft test-parallel test-gil demo bench bench-quick bench-bars clean
