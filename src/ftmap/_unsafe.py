@@ -5,25 +5,43 @@ checks the mark when a read, an iteration step or another write starts:
 "concurrent map writes", "concurrent map read and map write", "concurrent map
 iteration and map write". UnsafeMap keeps those checks and closes their gaps:
 
-- A write registers its thread for the whole operation and checks for other
-  writers both on entry and on exit (as Go's mapassign does), so two writes
-  that overlap at all are seen by at least one of them.
-- Every finished write moves a counter. A read or an iteration step notes the
-  counter on entry and compares it on exit, so it also catches a write that
-  began and ended inside it, which Go's entry-only flag check misses.
-- An iteration is one long read: from ``iter()`` to its last step, a write by
-  another thread that falls anywhere inside it is reported by the iterator at
-  its next step.
+- A write claims the map for its whole span with one atomic ``setdefault``
+  that records its thread, and checks on entry only: of two writes that
+  overlap at all, the later one finds the earlier one's claim. (Go's
+  mapassign also checks on exit that its flag is still set, because another
+  writer may have cleared it; here only the claimant removes its claim.)
+- Every finished write moves a counter. A read notes the counter on entry
+  and compares it on exit, so it also catches a write that began and ended
+  inside it, which Go's entry-only flag check misses.
+- An iteration step is a read of its own: it reports a write by another
+  thread that was in progress when the step began or finished during it.
+  Writes between two steps are not reported, as Go's mapiternext does not
+  report them: a thread that hands the map to another (a lock, a
+  ``queue.Queue``) and takes it back between steps is correctly synchronised.
+  If such a write changed the map's size, the next step raises the dict's own
+  RuntimeError, exactly as a dict does.
 
 Nothing is reported that did not happen: each check names a write by another
-thread whose span provably overlapped the checking operation. Iterators are
-not tracked while they sit unused, because an abandoned iterator that is never
-advanced again has not raced with anything. The price is that detection is
-incomplete in narrow windows (a thread's own nested writes from ``__eq__`` or
-``__hash__`` can hide another thread's write), and a race is only seen when
-the two operations really overlap in time: like Go's checks, and unlike a
-happens-before race detector, it cannot see a race that the scheduler happened
-to serialise.
+thread whose span provably overlapped the checking operation. The price is
+that detection is incomplete in narrow windows (a thread's own nested writes
+from ``__eq__`` or ``__hash__`` can hide another thread's write), and a race
+is only seen when the two operations really overlap in time: like Go's
+checks, and unlike a happens-before race detector, it cannot see a race that
+the scheduler happened to serialise.
+
+Asynchronous exceptions (KeyboardInterrupt, ``PyThreadState_SetAsyncExc``):
+after one is delivered anywhere inside an operation, the write claim is not
+held (no later write from any thread is reported against it), every write
+that returned before is in the map, and the map is the dict it wraps, so it
+is as consistent as a dict: the interrupted operation took effect or not as
+the dict operation it forwards to did (single-key operations are
+all-or-nothing; ``update`` may have stored a prefix of its items). This holds
+on 3.13 and 3.14, whose delivery points (function entry, loop back-edges,
+after every call returns) are all inside the ``try`` whose ``finally`` drops
+the claim with subscript operations only, which are no delivery points. One
+exception per operation: a second one delivered while the first unwinds the
+rare path where the claim's owner must be looked up is outside any
+pure-Python guarantee.
 """
 
 from __future__ import annotations
@@ -74,7 +92,11 @@ class RaceLog:
     """
 
     def __init__(self, keep: int = 100) -> None:
-        self._lock = threading.Lock()
+        # An RLock, acquired inside the try: its release checks the owner, so the
+        # finally can release without knowing whether an asynchronous exception
+        # came before or after the acquire (3.14 delivers one between `with`'s
+        # __enter__ and its block).
+        self._lock = threading.RLock()
         self._total = 0  # only changed under _lock
         self.recent: collections.deque[ConcurrentMapError] = collections.deque(maxlen=keep)
 
@@ -84,9 +106,16 @@ class RaceLog:
         return self._total
 
     def record(self, error: ConcurrentMapError) -> None:
-        with self._lock:
+        lock = self._lock
+        try:
+            lock.acquire()
             self._total += 1
             self.recent.append(error)
+        finally:
+            try:  # noqa: SIM105  (contextlib.suppress would call before the release)
+                lock.release()
+            except RuntimeError:  # not held: the acquire never happened
+                pass
 
 
 race_log = RaceLog()
@@ -109,10 +138,12 @@ class UnsafeMap(MutableMapping[K, V]):
     # _data: the plain dict holding the content. Never locked: that is the point.
     # _state[WRITER]: the ident of the thread inside a write, present only for the
     #   span of that write. Taken with one atomic setdefault, so of two overlapping
-    #   writes the second always finds the first; only the taker removes it.
+    #   writes the second always finds the first; only the taker removes it, in a
+    #   finally, with subscript operations (no async-exception delivery point).
+    #   The taker compares it by identity with the int object it stored.
     # _state[LAST]: the ident object stored by the last finished write, a new int
-    #   object per write (get_ident allocates it): compared by identity it tells an
-    #   iterator whether any write finished since it last looked, and who wrote.
+    #   object per write (get_ident allocates it): compared by identity it tells a
+    #   read or an iteration step whether a write finished while it ran, and who wrote.
     # reports: each race detected on this map, in order (list.append is atomic).
 
     def __init__(self, other: Mapping[K, V] | Iterable[tuple[K, V]] = (), /, **kwargs: V) -> None:
@@ -141,10 +172,11 @@ class UnsafeMap(MutableMapping[K, V]):
         if other is not None:
             raise self._report(kind(op, ThreadInfo.of(me), ThreadInfo.of(other), key))
 
-    def _claim_failed(self, me: int, owner: int, op: str, key: object) -> bool:
-        """The WRITER claim was held: True for this thread's own nested write, else raise."""
+    def _claim_failed(self, me: int, owner: object, op: str, key: object) -> None:
+        """The WRITER claim was held: return for this thread's own nested write, else raise."""
         if owner == me:
-            return True
+            return
+        assert isinstance(owner, int)
         raise self._report(ConcurrentWriteError(op, ThreadInfo.of(me), ThreadInfo.of(owner), key))
 
     # -- the two ways in: a read and a write ----------------------------------
@@ -162,14 +194,33 @@ class UnsafeMap(MutableMapping[K, V]):
     def _write(self, op: str, fn: Callable[..., T], *args: Any, key: object = NO_KEY) -> T:
         me = _get_ident()
         state = self._state
-        owner = state.setdefault(0, me)
-        if owner is not me and self._claim_failed(me, owner, op, key):
-            return fn(*args)  # nested inside this thread's own write, which holds the claim
+        owner: object = None
+        # The claim is taken inside the try: an asynchronous exception delivered as
+        # setdefault returns (the end of a call is a delivery point) is still
+        # followed by the finally, which finds the claim even before `owner` is set.
         try:
-            return fn(*args)
+            owner = state.setdefault(0, me)
+            if owner is me:
+                return fn(*args)
         finally:
-            state[1] = me
-            del state[0]
+            # Subscript stores and deletes only: no delivery point until the claim is gone.
+            if owner is me:
+                state[1] = me
+                del state[0]
+            elif owner is None:
+                self._drop_unrecorded_claim(me)
+        self._claim_failed(me, owner, op, key)
+        return fn(*args)  # nested inside this thread's own write, which holds the claim
+
+    def _drop_unrecorded_claim(self, me: int) -> None:
+        """An exception arrived as setdefault returned: drop the claim if it was taken.
+
+        Nothing was written, so the write counter does not move. Only the claimant
+        removes its claim, so the entry cannot change between the look and the delete.
+        """
+        state = self._state
+        if state.get(WRITER) is me:
+            del state[WRITER]
 
     # -- reads -----------------------------------------------------------------
     # The single-key reads and len inline _read's checks: they are the hot path.
@@ -263,15 +314,20 @@ class UnsafeMap(MutableMapping[K, V]):
         # _write inlined: the hot path.
         me = _get_ident()
         state = self._state
-        owner = state.setdefault(0, me)
-        if owner is not me and self._claim_failed(me, owner, "write", key):
-            self._data[key] = value
-            return
+        owner: object = None
         try:
-            self._data[key] = value
+            owner = state.setdefault(0, me)
+            if owner is me:
+                self._data[key] = value
+                return
         finally:
-            state[1] = me
-            del state[0]
+            if owner is me:
+                state[1] = me
+                del state[0]
+            elif owner is None:
+                self._drop_unrecorded_claim(me)
+        self._claim_failed(me, owner, "write", key)
+        self._data[key] = value
 
     def __delitem__(self, key: K) -> None:
         self._write("delete", self._data.__delitem__, key, key=key)
@@ -330,37 +386,45 @@ def _update(data: dict[Any, Any], other: Any, kwargs: dict[str, Any]) -> None:
 
 
 class _MapIterator(Iterator[T]):
-    """Steps a dict iterator, checking at each step that no other thread wrote the map.
+    """Steps a dict iterator; each step is a read checked as Go's mapiternext checks.
 
-    The last write is noted when the iterator is made; a step that finds a
-    write by another thread finished since, or one in progress, raises
-    ConcurrentIterationError. The thread's own writes are left to the dict,
-    which raises its usual RuntimeError if they changed its size.
+    A step raises ConcurrentIterationError if another thread's write was in
+    progress when it began or finished while it ran (the write counter, noted
+    at the step's start, moved). Writes between steps are not races: another
+    thread may have written while this one waited for it (a lock, a queue), as
+    Go allows. The dict itself still raises its usual RuntimeError when the
+    map's size changed since the iterator was made, whoever changed it.
     """
 
-    __slots__ = ("_it", "_map", "_noted", "_op", "_state")
+    __slots__ = ("_it", "_map", "_op", "_state")
 
     def __init__(self, owner: UnsafeMap[Any, Any], make: Callable[[Any], Iterator[T]], op: str) -> None:
         state = owner._state
         self._map = owner
         self._state = state
         self._op = op
-        self._noted = state[1]
+        noted = state[1]
         if 0 in state:
             owner._check_read(ConcurrentIterationError, op, NO_KEY, None)
         self._it = make(owner._data)
+        if 0 in state or state[1] is not noted:
+            owner._check_read(ConcurrentIterationError, op, NO_KEY, noted)
 
     def __iter__(self) -> _MapIterator[T]:
         return self
 
     def __next__(self) -> T:
         state = self._state
+        noted = state[1]
+        if 0 in state:
+            self._map._check_read(ConcurrentIterationError, self._op, NO_KEY, None)
         try:
             return next(self._it)
         finally:
-            if 0 in state or state[1] is not self._noted:
-                self._map._check_read(ConcurrentIterationError, self._op, NO_KEY, self._noted)
-                self._noted = state[1]  # the writes were this thread's own
+            # Also when the dict raised (StopIteration, RuntimeError): a write by
+            # another thread that overlapped this step is the better report.
+            if 0 in state or state[1] is not noted:
+                self._map._check_read(ConcurrentIterationError, self._op, NO_KEY, noted)
 
 
 class _KeysView(KeysView[K]):
@@ -381,6 +445,9 @@ class _ValuesView(ValuesView[V]):
     def __iter__(self) -> Iterator[V]:
         return _MapIterator(self._mapping, _iter_values, "iterate values")
 
+    def __reversed__(self) -> Iterator[V]:
+        return _MapIterator(self._mapping, _reversed_values, "iterate values")
+
 
 class _ItemsView(ItemsView[K, V]):
     __slots__ = ()
@@ -389,6 +456,9 @@ class _ItemsView(ItemsView[K, V]):
     def __iter__(self) -> Iterator[tuple[K, V]]:
         return _MapIterator(self._mapping, _iter_items, "iterate items")
 
+    def __reversed__(self) -> Iterator[tuple[K, V]]:
+        return _MapIterator(self._mapping, _reversed_items, "iterate items")
+
 
 def _iter_values(data: dict[Any, V]) -> Iterator[V]:
     return iter(data.values())
@@ -396,3 +466,11 @@ def _iter_values(data: dict[Any, V]) -> Iterator[V]:
 
 def _iter_items(data: dict[K, V]) -> Iterator[tuple[K, V]]:
     return iter(data.items())
+
+
+def _reversed_values(data: dict[Any, V]) -> Iterator[V]:
+    return reversed(data.values())
+
+
+def _reversed_items(data: dict[K, V]) -> Iterator[tuple[K, V]]:
+    return reversed(data.items())

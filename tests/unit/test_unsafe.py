@@ -7,7 +7,10 @@ long as the test likes, so every race below is constructed, not hoped for.
 from __future__ import annotations
 
 import pickle
+import queue
+import sys
 import threading
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -197,21 +200,101 @@ def test_write_that_begins_and_ends_inside_a_read_is_reported() -> None:
     assert caught.value.other_thread.ident == threading.get_ident()
 
 
+ITERATORS = [iter, lambda m: iter(m.keys()), lambda m: iter(m.values()), lambda m: iter(m.items()), reversed]
+ITERATOR_IDS = ["iter", "keys", "values", "items", "reversed"]
+
+
+@pytest.mark.parametrize("make_iterator", ITERATORS, ids=ITERATOR_IDS)
+def test_queue_hand_off_between_iteration_steps_is_not_a_race(
+    make_iterator: Callable[[Any], Iterator[Any]],
+) -> None:
+    # Issue 13, break 1: A iterates part-way, hands the map to B through a queue.Queue,
+    # B overwrites a value (no size change) and hands it back, A continues. Go and a
+    # dict both accept this program, so UnsafeMap must too.
+    m = UnsafeMap(a=1, b=2, c=3)
+    model = {"a": 1, "b": 2, "c": 3}
+    to_b: queue.Queue[None] = queue.Queue()
+    to_a: queue.Queue[None] = queue.Queue()
+
+    def b_side() -> None:
+        to_b.get(timeout=10)
+        m["a"] = 10
+        to_a.put(None)
+
+    other = InThread(b_side, name="b")
+    steps = make_iterator(m)
+    expected = make_iterator(model)
+    first = next(steps)
+    assert first == next(expected)
+    to_b.put(None)
+    to_a.get(timeout=10)
+    other.join()
+    model["a"] = 10
+    assert [first, *steps] == [first, *expected]
+    assert m.reports == []
+
+
+@pytest.mark.parametrize("make_iterator", ITERATORS, ids=ITERATOR_IDS)
+def test_size_change_between_steps_by_another_thread_raises_as_a_dict_does(
+    make_iterator: Callable[[Any], Iterator[Any]],
+) -> None:
+    m = UnsafeMap(a=1, b=2)
+    steps = make_iterator(m)
+    next(steps)
+    InThread(lambda: m.__setitem__("c", 3), name="writer").join()  # synchronised: joined
+    with pytest.raises(RuntimeError, match="changed size during iteration") as caught:
+        next(steps)
+    assert not isinstance(caught.value, ConcurrentMapError) and m.reports == []
+
+
+@contextmanager
+def inside_the_next_c_call(action: Callable[[], object]) -> Iterator[list[bool]]:
+    """Run action() once, on this thread, just before an UnsafeMap iterator calls next().
+
+    A profile hook sees every call to a C function before it runs: this holds an
+    iteration step open, between its entry check and its dict step, for as long as
+    action takes (action runs a whole write on another thread and waits for it).
+    """
+    done = [False]
+
+    def hook(frame: types.FrameType, event: str, arg: object) -> None:
+        # The call of next() made by the iterator's __next__, not the test's own call.
+        if event == "c_call" and arg is next and frame.f_code.co_name == "__next__" and not done[0]:
+            done[0] = True
+            sys.setprofile(None)
+            action()
+
+    sys.setprofile(hook)
+    try:
+        yield done
+    finally:
+        sys.setprofile(None)
+
+
+@pytest.mark.thread_unsafe(reason="sys.setprofile from several threads at once loses events")
 @pytest.mark.ftmap_races_expected
-@pytest.mark.parametrize(
-    "make_iterator", [iter, lambda m: iter(m.keys()), lambda m: iter(m.values()), lambda m: iter(m.items())]
-)
-def test_write_between_iteration_steps_is_reported(make_iterator: Callable[[Any], Iterator[Any]]) -> None:
+@pytest.mark.parametrize("make_iterator", ITERATORS, ids=ITERATOR_IDS)
+def test_write_that_finishes_during_an_iteration_step_is_reported(
+    make_iterator: Callable[[Any], Iterator[Any]],
+) -> None:
     m = UnsafeMap(a=1, b=2, c=3)
     steps = make_iterator(m)
     next(steps)
-    writer = InThread(lambda: m.__setitem__("a", 10), name="writer")
-    writer.join()  # the same size: dict itself would not notice
-    with pytest.raises(ConcurrentIterationError, match=r"^concurrent map iteration and map write") as caught:
+    writer: list[InThread] = []
+
+    def write_on_another_thread() -> None:
+        writer.append(InThread(lambda: m.__setitem__("a", 10), name="writer"))
+        writer[0].join()
+
+    with (
+        inside_the_next_c_call(write_on_another_thread) as done,
+        pytest.raises(ConcurrentIterationError, match=r"^concurrent map iteration and map write") as caught,
+    ):
         next(steps)
+    assert done[0]
     # The writer has exited: its ident is known, its name is not.
-    assert caught.value.other_thread == ThreadInfo("<exited>", writer.thread.ident)  # type: ignore[arg-type]
-    assert not caught.value.has_key
+    assert caught.value.other_thread == ThreadInfo("<exited>", writer[0].thread.ident)  # type: ignore[arg-type]
+    assert not caught.value.has_key and m.reports == [caught.value]
 
 
 @pytest.mark.ftmap_races_expected
