@@ -3,10 +3,48 @@
 N dicts, each with its own lock; a key's shard is picked by hashing. Reads
 of one key take no lock (a dict read is atomic on free-threaded CPython);
 every write takes its shard's lock, so compound operations (compute, merge,
-upsert ...) are atomic against every other write to that shard. A callback
-that calls back into the same map to change it raises RecursiveUpdateError
-instead of deadlocking, as Java's ConcurrentHashMap raises
-IllegalStateException on a recursive update.
+upsert ...) are atomic against every other write to that shard.
+
+Re-entrancy, the rule the C core copies: while a thread holds one of a map's
+shard locks, any method of that map that may change it raises
+RecursiveUpdateError on that thread, before it takes any lock. That covers a
+compound operation's callback, as Java's ConcurrentHashMap raises
+IllegalStateException("Recursive update"), and also every other piece of
+Python code that runs under a shard lock: a key's ``__hash__`` or ``__eq__``
+called by the dict operation, a ``__del__`` or a finalizer run there. So no
+thread ever waits for a shard lock of a map while it holds one of the same
+map's, and the map's own locks cannot deadlock. Everything that only reads
+(``m[k]``, ``get``, ``in``, ``len``, iteration, ``repr``, ``==``, ``copy``,
+pickling, and ``compute_if_absent`` of a present key) takes no lock and works
+anywhere, callbacks included.
+
+Iteration takes no lock: each shard is copied at one moment with one C-level
+dict operation (``list(d.items())``, which runs no Python code and, on the
+free-threaded build, holds the dict's own lock), shard after shard.
+
+Markers: MISSING and DELETE are never values. Storing one (``[]=``,
+``setdefault``, ``set_if_absent``, ``replace``, ``merge``'s value, ``mset``,
+``update``, the constructor) raises ValueError and changes nothing. A
+callback that returns one (compute, compute_if_present, merge, upsert,
+compute_if_absent's factory) leaves the key absent, and the operation
+returns MISSING.
+
+Asynchronous exceptions (KeyboardInterrupt, ``PyThreadState_SetAsyncExc``),
+on 3.13 and 3.14 alike: after one is delivered anywhere inside an
+operation, no shard lock is held and the thread is not marked as holding
+one, every write that returned before is in the map, and each shard is a
+consistent dict. Single-key operations, compound ones included, are
+all-or-nothing (a callback may have run without its result being stored);
+``mset``, ``update``, ``clear`` and the constructor are atomic per key, so an
+interrupted one may have done part of its keys. The shard locks are RLocks,
+acquired inside the ``try`` whose ``finally`` releases them: an RLock's
+release checks its owner, so the ``finally`` needs no call before it to know
+whether the acquire happened (3.14 delivers an exception between ``with``'s
+``__enter__`` and its block, which would leak a lock taken by ``with``).
+The ``finally`` removes the thread's mark with a subscript delete, which is
+no delivery point, before that release. One exception per operation: a
+second one delivered while the first unwinds is outside any pure-Python
+guarantee.
 
 The default placement: CPython's tuple hash of (key,), which runs hash(key)
 through an xxHash-style multiply-rotate in C, then Fibonacci hashing of its
@@ -33,8 +71,8 @@ from collections.abc import (
 from typing import Any, TypeVar, overload
 
 from ._base import ItemsBackedMap, same_value
-from ._errors import RecursiveUpdateError
-from ._markers import DELETE, MISSING
+from ._errors import RecursiveUpdateError, _recursive_update
+from ._markers import DELETE, MISSING, marker_error
 
 __all__ = ["ShardedMap"]
 
@@ -45,6 +83,12 @@ D = TypeVar("D")
 _MASK_30 = 0x3FFFFFFF
 _GOLDEN_30 = 0x278DDE6D  # 2**30 / golden ratio, odd: a product of two ints < 2**30 stays fast
 MAX_SHARDS = 1 << 20
+_get_ident = threading.get_ident
+# The operations whose callback runs under the shard lock: a recursive update from
+# there is reported as coming from the callback.
+_WITH_CALLBACK = frozenset(
+    {"compute", "compute_if_absent", "compute_if_present", "merge", "upsert", "remove_if"}
+)
 
 
 class ShardedMap(ItemsBackedMap[K, V]):
@@ -52,26 +96,34 @@ class ShardedMap(ItemsBackedMap[K, V]):
 
     ``shards`` is a power of two (default 32). ``hasher(key) -> int`` picks a
     key's shard as ``hasher(key) & (shards - 1)``; by default Fibonacci
-    hashing of ``hash(key)``. Reads of one key take no lock; writes and
-    compound operations take the key's shard lock. Callbacks run with that
-    lock held: they must not change this map (RecursiveUpdateError), may read
-    it, and if they raise, the key is left unchanged and the shard unlocked.
+    hashing of ``hash(key)``. Reads take no lock; writes and compound
+    operations take the key's shard lock. Code that runs under a shard lock
+    (callbacks, a key's ``__hash__``/``__eq__``, a ``__del__``) may read the
+    map but not change it: RecursiveUpdateError, raised before any lock is
+    taken, so it never deadlocks. A callback that raises leaves the key
+    unchanged and the shard unlocked. MISSING and DELETE are never stored:
+    passing one as a value raises ValueError; a callback returning one leaves
+    the key absent.
 
-    Iteration, ``keys()``, ``values()``, ``items()`` and ``==`` see each shard
-    as it was at one moment (copied under its lock), shard after shard: never
-    raising on concurrent writes and never yielding a key twice, but not one
-    snapshot across shards. ``len()`` adds the shards' sizes one by one: exact
-    when no other thread writes meanwhile.
+    Iteration, ``keys()``, ``values()``, ``items()``, ``==``, ``repr`` and
+    ``copy`` take no lock: they see each shard as it was at one moment (one
+    atomic dict copy), shard after shard, never raising on concurrent writes
+    and never yielding a key twice, but not one snapshot across shards.
+    ``len()`` adds the shards' sizes one by one: exact when no other thread
+    writes meanwhile.
     """
 
-    __slots__ = ("__weakref__", "_callbacks", "_dicts", "_hasher", "_locks", "_mask", "_shift")
+    __slots__ = ("__weakref__", "_dicts", "_hasher", "_holding", "_locks", "_mask", "_shift")
 
-    # _dicts[i], _locks[i]: shard i's content and its lock. Reads of one key use
-    #   _dicts[i] with no lock; every change to _dicts[i] happens under _locks[i].
-    #   Fixed at construction: the lists themselves never change.
-    # _callbacks: thread ident -> name of the compound operation whose callback that
-    #   thread is running now (each thread adds and removes only its own entry).
-    #   A locking operation by a thread found here is a recursive update.
+    # _dicts[i], _locks[i]: shard i's content and its lock (an RLock, only ever held
+    #   once: see _holding). Reads use _dicts[i] with no lock; every change to
+    #   _dicts[i] happens under _locks[i]. Fixed at construction: the lists never change.
+    # _holding: thread ident -> the operation during which that thread holds (or is
+    #   about to take, or has just released) one of this map's shard locks. Each
+    #   thread adds and removes only its own entry: set by a subscript store before the
+    #   acquire, removed by a subscript delete in the finally before the release, so
+    #   an asynchronous exception can never leave it behind. A thread found here that
+    #   calls a method that may change the map is a recursive update.
     # _hasher, _mask, _shift: fixed at construction.
 
     def __init__(
@@ -88,18 +140,18 @@ class ShardedMap(ItemsBackedMap[K, V]):
         if shards < 1 or shards & (shards - 1) or shards > MAX_SHARDS:
             raise ValueError(f"shards must be a power of two from 1 to {MAX_SHARDS}, not {shards}")
         self._dicts: list[dict[Any, Any]] = [{} for _ in range(shards)]
-        self._locks = [threading.Lock() for _ in range(shards)]
+        self._locks = [threading.RLock() for _ in range(shards)]
         self._mask = shards - 1
         self._shift = 30 - (shards.bit_length() - 1)
         self._hasher = hasher
-        self._callbacks: dict[int, str] = {}
+        self._holding: dict[int, str] = {}
         if other or kwargs:
             self.update(other, **kwargs)
 
     # -- placement ---------------------------------------------------------------
 
     # The hot methods (get, [], in, []=, merge, compute) inline shard_index and the
-    # callback check: on 3.13t a Python call costs as much as a dict operation.
+    # lock protocol: on 3.13t a Python call costs as much as a dict operation.
 
     def shard_index(self, key: K) -> int:
         """The shard that holds (or would hold) key."""
@@ -116,28 +168,57 @@ class ShardedMap(ItemsBackedMap[K, V]):
         return self._mask + 1
 
     # -- locking -------------------------------------------------------------------
+    # Every locked section has this shape (written out in the hot methods):
+    #
+    #     me = _get_ident()
+    #     if me in self._holding: raise self._recursive(me, op)
+    #     ...                              # placement: may run user code, nothing held
+    #     holding[me] = op                 # a subscript store: no delivery point
+    #     try:
+    #         lock.acquire()               # inside the try: an exception delivered as
+    #         ...                          #   it returns still reaches the finally
+    #     finally:
+    #         del holding[me]              # no call before the release
+    #         try:
+    #             lock.release()           # an RLock checks its owner: RuntimeError if
+    #         except RuntimeError:         #   the acquire never happened (a
+    #             pass                     #   KeyboardInterrupt while blocked in it)
 
-    def _not_in_callback(self, op: str) -> None:
-        """Raise RecursiveUpdateError if this thread is running one of this map's callbacks."""
-        if self._callbacks:
-            outer = self._callbacks.get(threading.get_ident())
-            if outer is not None:
-                raise RecursiveUpdateError(type(self).__name__, op, outer)
+    def _recursive(self, me: int, op: str) -> RecursiveUpdateError:
+        """The error for ``op`` called by a thread that holds one of this map's shard locks."""
+        name = type(self).__name__
+        outer = self._holding.get(me, "operation")
+        if outer in _WITH_CALLBACK:
+            return RecursiveUpdateError(name, op, outer)
+        return _recursive_update(
+            f"recursive update: {op} on a {name} from code that runs while its {outer} holds "
+            "a shard lock (a key's __hash__ or __eq__, or a __del__ or finalizer); "
+            "that code may read the map, but not change it",
+            op,
+            outer,
+        )
 
-    def _locked(self, key: Any, op: str) -> tuple[dict[Any, Any], threading.Lock]:
-        """key's shard and its lock, once op is known not to come from inside a callback."""
-        self._not_in_callback(op)
-        index = self.shard_index(key)
-        return self._dicts[index], self._locks[index]
-
-    def _call(self, op: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run a user callback (with the shard lock held), marking this thread as inside it."""
-        me = threading.get_ident()
-        self._callbacks[me] = op
+    def _write(self, op: str, key: Any, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(shard dict, key, *args) under key's shard lock: the less hot single-key writes."""
+        me = _get_ident()
+        holding = self._holding
+        if me in holding:
+            raise self._recursive(me, op)
+        if self._hasher is None:
+            index = (((hash((key,)) & _MASK_30) * _GOLDEN_30) & _MASK_30) >> self._shift
+        else:
+            index = self._hasher(key) & self._mask
+        lock = self._locks[index]
+        holding[me] = op
         try:
-            return fn(*args)
+            lock.acquire()
+            return fn(self._dicts[index], key, *args)
         finally:
-            del self._callbacks[me]
+            del holding[me]
+            try:  # noqa: SIM105  (contextlib.suppress would call before the release)
+                lock.release()
+            except RuntimeError:  # not held: the acquire never happened
+                pass
 
     # -- single-key reads: no lock ----------------------------------------------------
 
@@ -170,19 +251,30 @@ class ShardedMap(ItemsBackedMap[K, V]):
     # -- single-key writes: the shard lock ----------------------------------------------
 
     def __setitem__(self, key: K, value: V) -> None:
-        if self._callbacks:
-            self._not_in_callback("set")
+        if value is MISSING or value is DELETE:
+            raise marker_error(value, "set", type(self).__name__)
+        me = _get_ident()
+        holding = self._holding
+        if me in holding:
+            raise self._recursive(me, "set")
         if self._hasher is None:
             index = (((hash((key,)) & _MASK_30) * _GOLDEN_30) & _MASK_30) >> self._shift
         else:
             index = self._hasher(key) & self._mask
-        with self._locks[index]:
+        lock = self._locks[index]
+        holding[me] = "set"
+        try:
+            lock.acquire()
             self._dicts[index][key] = value
+        finally:
+            del holding[me]
+            try:  # noqa: SIM105  (contextlib.suppress would call before the release)
+                lock.release()
+            except RuntimeError:  # not held: the acquire never happened
+                pass
 
     def __delitem__(self, key: K) -> None:
-        data, lock = self._locked(key, "delete")
-        with lock:
-            del data[key]
+        self._write("delete", key, _delete)
 
     @overload
     def pop(self, key: K, /) -> V: ...
@@ -190,134 +282,129 @@ class ShardedMap(ItemsBackedMap[K, V]):
     def pop(self, key: K, default: V | D, /) -> V | D: ...
 
     def pop(self, key: K, *default: object) -> object:
-        data, lock = self._locked(key, "pop")
-        with lock:
-            return data.pop(key, *default)
+        return self._write("pop", key, _pop, *default)
 
     def setdefault(self, key: K, default: V = None, /) -> V:  # type: ignore[assignment]
         """Atomic: the existing value, or default stored and returned."""
-        data, lock = self._locked(key, "setdefault")
-        with lock:
-            return data.setdefault(key, default)  # type: ignore[no-any-return]
+        if default is MISSING or default is DELETE:
+            raise marker_error(default, "setdefault", type(self).__name__)
+        return self._write("setdefault", key, _setdefault, default)  # type: ignore[no-any-return]
 
     def set_if_absent(self, key: K, value: V) -> bool:
         """Store value if key is absent; True if it was stored (orcaman's SetIfAbsent)."""
-        data, lock = self._locked(key, "set_if_absent")
-        with lock:
-            if key in data:
-                return False
-            data[key] = value
-            return True
+        if value is MISSING or value is DELETE:
+            raise marker_error(value, "set_if_absent", type(self).__name__)
+        return self._write("set_if_absent", key, _set_if_absent, value)  # type: ignore[no-any-return]
 
     def replace(self, key: K, old: V, new: V) -> bool:
         """Set new if key's value is old (identity, then ==); True if replaced."""
-        data, lock = self._locked(key, "replace")
-        with lock:
-            current = data.get(key, MISSING)
-            if current is MISSING or not same_value(current, old):
-                return False
-            data[key] = new
-            return True
+        if new is MISSING or new is DELETE:
+            raise marker_error(new, "replace", type(self).__name__)
+        return self._write("replace", key, _replace, old, new)  # type: ignore[no-any-return]
 
     def remove(self, key: K, old: V) -> bool:
         """Delete key if its value is old (identity, then ==); True if removed."""
-        data, lock = self._locked(key, "remove")
-        with lock:
-            current = data.get(key, MISSING)
-            if current is MISSING or not same_value(current, old):
-                return False
-            del data[key]
-            return True
+        return self._write("remove", key, _remove, old)  # type: ignore[no-any-return]
 
     # -- compound operations with callbacks ---------------------------------------------
 
     def compute(self, key: K, fn: Callable[[Any], Any]) -> Any:
-        """Atomically set key to fn(value or MISSING); DELETE removes it.
+        """Atomically set key to fn(value or MISSING); DELETE or MISSING leaves it absent.
 
         Returns the new value, or MISSING if the key ends absent.
         """
-        if self._callbacks:
-            self._not_in_callback("compute")
+        me = _get_ident()
+        holding = self._holding
+        if me in holding:
+            raise self._recursive(me, "compute")
         if self._hasher is None:
             index = (((hash((key,)) & _MASK_30) * _GOLDEN_30) & _MASK_30) >> self._shift
         else:
             index = self._hasher(key) & self._mask
-        data = self._dicts[index]
-        with self._locks[index]:
-            return _settle(data, key, self._call("compute", fn, data.get(key, MISSING)))
+        lock = self._locks[index]
+        holding[me] = "compute"
+        try:
+            lock.acquire()
+            data = self._dicts[index]
+            old = data.get(key, MISSING)
+            return _settle(data, key, old, fn(old))
+        finally:
+            del holding[me]
+            try:  # noqa: SIM105  (contextlib.suppress would call before the release)
+                lock.release()
+            except RuntimeError:  # not held: the acquire never happened
+                pass
 
     def compute_if_absent(self, key: K, factory: Callable[[K], V]) -> V:
-        """key's value; if absent, store factory(key) first. factory runs at most once per absent key."""
+        """key's value; if absent, store factory(key) first and return it.
+
+        factory runs at most once per absent key, under contention too. If it
+        returns MISSING or DELETE nothing is stored and MISSING is returned. A
+        present key is read without a lock (so this works inside callbacks).
+        """
         value = self.get(key, MISSING)
         if value is not MISSING:
             return value
-        data, lock = self._locked(key, "compute_if_absent")
-        with lock:
-            value = data.get(key, MISSING)
-            if value is MISSING:
-                value = data[key] = self._call("compute_if_absent", factory, key)
-            return value  # type: ignore[no-any-return]
+        return self._write("compute_if_absent", key, _compute_if_absent, factory)  # type: ignore[no-any-return]
 
     def compute_if_present(self, key: K, fn: Callable[[V], Any]) -> Any:
-        """If key is present, set it to fn(value) (DELETE removes it); the new value or MISSING."""
-        data, lock = self._locked(key, "compute_if_present")
-        with lock:
-            value = data.get(key, MISSING)
-            if value is MISSING:
-                return MISSING
-            return _settle(data, key, self._call("compute_if_present", fn, value))
+        """If key is present, set it to fn(value) (DELETE or MISSING removes it); the new value or MISSING."""
+        return self._write("compute_if_present", key, _compute_if_present, fn)
 
     def merge(self, key: K, value: V, fn: Callable[[V, V], Any]) -> Any:
-        """Store value if key is absent, else fn(old, value) (DELETE removes it); the result."""
-        if self._callbacks:
-            self._not_in_callback("merge")
+        """Store value if key is absent, else fn(old, value) (DELETE or MISSING removes it); the result."""
+        if value is MISSING or value is DELETE:
+            raise marker_error(value, "merge", type(self).__name__)
+        me = _get_ident()
+        holding = self._holding
+        if me in holding:
+            raise self._recursive(me, "merge")
         if self._hasher is None:
             index = (((hash((key,)) & _MASK_30) * _GOLDEN_30) & _MASK_30) >> self._shift
         else:
             index = self._hasher(key) & self._mask
-        data = self._dicts[index]
-        with self._locks[index]:
+        lock = self._locks[index]
+        holding[me] = "merge"
+        try:
+            lock.acquire()
+            data = self._dicts[index]
             old = data.get(key, MISSING)
             if old is MISSING:
                 data[key] = value
                 return value
-            return _settle(data, key, self._call("merge", fn, old, value))
+            return _settle(data, key, old, fn(old, value))
+        finally:
+            del holding[me]
+            try:  # noqa: SIM105  (contextlib.suppress would call before the release)
+                lock.release()
+            except RuntimeError:  # not held: the acquire never happened
+                pass
 
-    def upsert(self, key: K, value: V, cb: Callable[[bool, V | None, V], V]) -> V:
-        """Store cb(exists, old or None, value) and return it (orcaman's Upsert)."""
-        data, lock = self._locked(key, "upsert")
-        with lock:
-            old = data.get(key, MISSING)
-            exists = old is not MISSING
-            new = self._call("upsert", cb, exists, old if exists else None, value)
-            data[key] = new
-            return new  # type: ignore[no-any-return]
+    def upsert(self, key: K, value: V, cb: Callable[[bool, V | None, V], V]) -> Any:
+        """Store cb(exists, old or None, value) and return it (orcaman's Upsert).
+
+        cb returning MISSING or DELETE leaves the key absent, and MISSING is returned.
+        """
+        return self._write("upsert", key, _upsert, value, cb)
 
     def remove_if(self, key: K, predicate: Callable[[K, V | None, bool], bool]) -> bool:
         """Delete key if predicate(key, value or None, exists) is true; True if removed.
 
         orcaman's RemoveCb: the predicate is called even when the key is absent.
         """
-        data, lock = self._locked(key, "remove_if")
-        with lock:
-            old = data.get(key, MISSING)
-            exists = old is not MISSING
-            if self._call("remove_if", predicate, key, old if exists else None, exists) and exists:
-                del data[key]
-                return True
-            return False
+        return self._write("remove_if", key, _remove_if, predicate)  # type: ignore[no-any-return]
 
     # -- many keys -------------------------------------------------------------------------
 
     def mset(self, mapping: Mapping[K, V]) -> None:
-        """Store every item: atomic per key (per shard, one lock at a time), not as a whole."""
-        by_shard: dict[int, list[tuple[Any, Any]]] = {}
-        for key, value in mapping.items():
-            by_shard.setdefault(self.shard_index(key), []).append((key, value))
-        self._not_in_callback("mset")
-        for index, items in by_shard.items():
-            with self._locks[index]:
-                self._dicts[index].update(items)
+        """Store every item: atomic per key (shard by shard, one lock at a time), not as a whole.
+
+        Every value is checked and every key placed (hashed) before anything is
+        stored, so a marker value, or a key whose ``__hash__`` raises, changes
+        nothing. A key whose ``__eq__`` raises while it is stored stops the
+        batch there, as in ``dict.update``.
+        """
+        self._store_all("mset", mapping.items())
 
     def update(self, other: Any = (), /, **kwargs: V) -> None:
         """As dict.update; atomic per key, shard by shard, like mset."""
@@ -325,34 +412,113 @@ class ShardedMap(ItemsBackedMap[K, V]):
         # listing its keys and looking them up.
         items = dict(other.items()) if isinstance(other, Mapping) else dict(other)
         items.update(kwargs)
-        self.mset(items)
+        self._store_all("update", items.items())
+
+    def __ior__(self, other: Any) -> ShardedMap[K, V]:
+        self.update(other)
+        return self
+
+    def __or__(self, other: Any) -> ShardedMap[K, V]:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        merged = self.copy()
+        merged.update(other)
+        return merged
+
+    def __ror__(self, other: Any) -> ShardedMap[K, V]:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        merged: ShardedMap[K, V] = type(self)(other, shards=self.shards, hasher=self._hasher)
+        merged.update(self)
+        return merged
+
+    def _store_all(self, op: str, items: Iterable[tuple[Any, Any]]) -> None:
+        me = _get_ident()
+        holding = self._holding
+        if me in holding:
+            raise self._recursive(me, op)
+        by_shard: dict[int, list[tuple[Any, Any]]] = {}
+        name = type(self).__name__
+        for key, value in items:
+            if value is MISSING or value is DELETE:
+                raise marker_error(value, op, name)
+            by_shard.setdefault(self.shard_index(key), []).append((key, value))
+        locks, dicts = self._locks, self._dicts
+        held = None  # the lock this thread may hold: released again in the finally
+        holding[me] = op
+        try:
+            for index, pairs in by_shard.items():
+                held = locks[index]
+                held.acquire()
+                dicts[index].update(pairs)
+                held.release()
+                held = None
+        finally:
+            del holding[me]
+            if held is not None:
+                try:  # noqa: SIM105  (contextlib.suppress would call before the release)
+                    held.release()
+                except RuntimeError:  # not held: the acquire never happened
+                    pass
 
     def clear(self) -> None:
         """Empty every shard, one after another."""
-        self._not_in_callback("clear")
-        for data, lock in zip(self._dicts, self._locks, strict=True):
-            with lock:
-                data.clear()
+        me = _get_ident()
+        holding = self._holding
+        if me in holding:
+            raise self._recursive(me, "clear")
+        held = None  # the lock this thread may hold: released again in the finally
+        holding[me] = "clear"
+        try:
+            for data, lock in zip(self._dicts, self._locks, strict=True):
+                if data:  # an empty shard needs no lock: nothing to remove
+                    held = lock
+                    lock.acquire()
+                    data.clear()
+                    lock.release()
+                    held = None
+        finally:
+            del holding[me]
+            if held is not None:
+                try:  # noqa: SIM105  (contextlib.suppress would call before the release)
+                    held.release()
+                except RuntimeError:  # not held: the acquire never happened
+                    pass
 
     def popitem(self) -> tuple[K, V]:
         """Remove and return some (key, value); KeyError if every shard is empty."""
-        self._not_in_callback("popitem")
-        for data, lock in zip(self._dicts, self._locks, strict=True):
-            with lock:
-                if data:
-                    return data.popitem()
+        me = _get_ident()
+        holding = self._holding
+        if me in holding:
+            raise self._recursive(me, "popitem")
+        held = None  # the lock this thread may hold: released again in the finally
+        holding[me] = "popitem"
+        try:
+            for data, lock in zip(self._dicts, self._locks, strict=True):
+                if data:  # looked at without the lock, then again under it
+                    held = lock
+                    lock.acquire()
+                    if data:
+                        return data.popitem()
+                    lock.release()
+                    held = None
+        finally:
+            del holding[me]
+            if held is not None:
+                try:  # noqa: SIM105  (contextlib.suppress would call before the release)
+                    held.release()
+                except RuntimeError:  # not held: the acquire never happened
+                    pass
         raise KeyError("popitem(): ShardedMap is empty")
 
-    # -- iteration: shard by shard, each copied under its lock -----------------------------
+    # -- reading many keys: no lock, shard by shard ------------------------------------------
 
     def _items(self) -> Iterator[tuple[Any, Any]]:
-        for data, lock in zip(self._dicts, self._locks, strict=True):
-            with lock:
-                items = list(data.items())
-            yield from items
+        for data in self._dicts:
+            yield from _snapshot(data)
 
     def __len__(self) -> int:
-        return sum(len(d) for d in self._dicts)
+        return sum(map(len, self._dicts))
 
     def _repr_options(self) -> str:
         return f", shards={self.shards}"
@@ -374,10 +540,99 @@ def _rebuild(items: dict[Any, Any], shards: int, hasher: Callable[[Any], int]) -
     return ShardedMap(items, shards, hasher=hasher)
 
 
-def _settle(data: dict[Any, Any], key: Any, new: Any) -> Any:
-    """Store a callback's result, or remove key for DELETE; return the value now, or MISSING."""
-    if new is DELETE:
-        data.pop(key, None)
+def _snapshot(data: dict[Any, Any]) -> list[tuple[Any, Any]]:
+    """The shard's items at one moment, without its lock.
+
+    list(d.items()) is one C call that runs no Python code: on the free-threaded
+    build it holds the dict's own lock (list_extend_dictitems under a critical
+    section); with the GIL nothing else runs. Unlike dict.copy(), it never calls a
+    key's __eq__ (copy rebuilds a sparse dict by inserting, which compares keys whose
+    hashes are equal). On 3.11 a garbage collection that allocation triggers can run
+    a finalizer, let another thread write the shard and make the dict iterator raise
+    RuntimeError: then the copy is taken again.
+    """
+    while True:
+        try:
+            return list(data.items())
+        except RuntimeError:  # pragma: no cover  (3.11 only: see above)
+            continue
+
+
+# -- the locked parts of the single-key writes: fn(shard dict, key, *args) ------------------
+
+
+def _delete(data: dict[Any, Any], key: Any) -> None:
+    del data[key]
+
+
+def _pop(data: dict[Any, Any], key: Any, *default: Any) -> Any:
+    return data.pop(key, *default)
+
+
+def _setdefault(data: dict[Any, Any], key: Any, default: Any) -> Any:
+    return data.setdefault(key, default)
+
+
+def _set_if_absent(data: dict[Any, Any], key: Any, value: Any) -> bool:
+    if key in data:
+        return False
+    data[key] = value
+    return True
+
+
+def _replace(data: dict[Any, Any], key: Any, old: Any, new: Any) -> bool:
+    current = data.get(key, MISSING)
+    if current is MISSING or not same_value(current, old):
+        return False
+    data[key] = new
+    return True
+
+
+def _remove(data: dict[Any, Any], key: Any, old: Any) -> bool:
+    current = data.get(key, MISSING)
+    if current is MISSING or not same_value(current, old):
+        return False
+    del data[key]
+    return True
+
+
+def _compute_if_absent(data: dict[Any, Any], key: Any, factory: Callable[[Any], Any]) -> Any:
+    value = data.get(key, MISSING)
+    if value is MISSING:
+        value = factory(key)
+        if value is MISSING or value is DELETE:
+            return MISSING
+        data[key] = value
+    return value
+
+
+def _compute_if_present(data: dict[Any, Any], key: Any, fn: Callable[[Any], Any]) -> Any:
+    value = data.get(key, MISSING)
+    if value is MISSING:
+        return MISSING
+    return _settle(data, key, value, fn(value))
+
+
+def _upsert(data: dict[Any, Any], key: Any, value: Any, cb: Callable[[bool, Any, Any], Any]) -> Any:
+    old = data.get(key, MISSING)
+    exists = old is not MISSING
+    return _settle(data, key, old, cb(exists, old if exists else None, value))
+
+
+def _remove_if(data: dict[Any, Any], key: Any, predicate: Callable[[Any, Any, bool], Any]) -> bool:
+    old = data.get(key, MISSING)
+    exists = old is not MISSING
+    if predicate(key, old if exists else None, exists) and exists:
+        del data[key]
+        return True
+    return False
+
+
+def _settle(data: dict[Any, Any], key: Any, old: Any, new: Any) -> Any:
+    """Store a callback's result, where a marker (DELETE, MISSING) leaves key absent; the value or MISSING."""
+    if new is DELETE or new is MISSING:
+        if old is not MISSING:
+            del data[key]
         return MISSING
     data[key] = new
     return new

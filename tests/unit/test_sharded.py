@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import operator
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -224,3 +226,260 @@ def test_recursive_update_error_pickles() -> None:
     error = RecursiveUpdateError("ShardedMap", "set", "compute")
     again = pickle.loads(pickle.dumps(error))
     assert str(again) == str(error) and (again.operation, again.outer) == ("set", "compute")
+
+
+# -- callbacks and key hooks that re-enter the map (issue 13, break 2) ------------------------
+
+READS_OF_THE_WHOLE_MAP: dict[str, Any] = {
+    "list": list,
+    "repr": repr,
+    "== {}": lambda m: m == {},
+    "dict(items)": lambda m: dict(m.items()),
+    "copy": lambda m: m.copy(),
+    "copy.copy": copy.copy,
+    "len": len,
+    "values": lambda m: sorted(m.values()),
+    "pickle": lambda m: pickle.loads(pickle.dumps(m)),
+    "compute_if_absent of a present key": lambda m: m.compute_if_absent("a", lambda k: 0),
+}
+
+COMPOUND: dict[str, Any] = {
+    "compute": lambda m, cb: m.compute("a", lambda old: cb() and old + 1),
+    "compute new key": lambda m, cb: m.compute("new", lambda old: cb() and 7),
+    "compute_if_present": lambda m, cb: m.compute_if_present("a", lambda old: cb() and old + 1),
+    "compute_if_absent": lambda m, cb: m.compute_if_absent("new", lambda key: cb() and 7),
+    "merge": lambda m, cb: m.merge("a", 1, lambda old, new: cb() and old + new),
+    "upsert": lambda m, cb: m.upsert("a", 1, lambda exists, old, new: cb() and old + new),
+    "remove_if": lambda m, cb: m.remove_if("a", lambda key, value, exists: cb() and False),
+}
+
+
+@pytest.mark.parametrize("read", READS_OF_THE_WHOLE_MAP, ids=str)
+@pytest.mark.parametrize("operation", COMPOUND, ids=str)
+def test_a_callback_may_read_the_whole_map(operation: str, read: str) -> None:
+    m: ShardedMap[str, int] = ShardedMap({"a": 1, "b": 2}, shards=1)  # the callback's own shard
+    seen: list[Any] = []
+
+    def callback() -> bool:
+        seen.append(READS_OF_THE_WHOLE_MAP[read](m))
+        return True
+
+    within(10, lambda: COMPOUND[operation](m, callback))
+    assert len(seen) == 1
+    if read in ("list", "dict(items)", "copy", "copy.copy", "pickle"):
+        assert dict(seen[0]) == {"a": 1, "b": 2} if read != "list" else sorted(seen[0]) == ["a", "b"]
+    m["z"] = 0  # the shard is unlocked, and the thread not marked as holding it
+    assert m["z"] == 0
+
+
+def test_iteration_inside_a_callback_sees_the_map_before_the_operation() -> None:
+    m = ShardedMap({i: i for i in range(100)}, shards=4)
+    assert within(10, lambda: m.compute(5, lambda old: sum(m.values()) + len(list(m.items())))) == 5050
+    assert m[5] == 5050
+
+
+class EqWrites:
+    """Hashes like ``name``; its __eq__ (run on a collision) first calls write(map)."""
+
+    def __init__(self, name: str, write: Callable[[Any], object]) -> None:
+        self.name = name
+        self.write = write
+        self.map: Any = None
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __eq__(self, other: object) -> bool:
+        if other is self:
+            return True
+        self.write(self.map)
+        return isinstance(other, EqWrites) and other.name == self.name
+
+
+WRITES: dict[str, Callable[[Any], object]] = {
+    "set the same key's shard": lambda m: m.__setitem__("x", 1),
+    "pop": lambda m: m.pop("x", None),
+    "merge": lambda m: m.merge("x", 1, operator.add),
+    "compute": lambda m: m.compute("x", lambda old: 1),
+    "mset": lambda m: m.mset({"x": 1, "y": 2}),
+    "clear": lambda m: m.clear(),
+    "popitem": lambda m: m.popitem(),
+}
+
+
+@pytest.mark.parametrize("shards", [1, 2, 64])
+@pytest.mark.parametrize("write", WRITES, ids=str)
+@pytest.mark.parametrize(
+    "operation",
+    [
+        lambda m, k: m.__setitem__(k, 5),
+        lambda m, k: m.__delitem__(k),
+        lambda m, k: m.pop(k),
+        lambda m, k: m.setdefault(k, 5),
+        lambda m, k: m.set_if_absent(k, 5),
+        lambda m, k: m.replace(k, 1, 5),
+        lambda m, k: m.remove(k, 1),
+        lambda m, k: m.compute(k, lambda old: 5),
+        lambda m, k: m.compute_if_present(k, lambda old: 5),
+        lambda m, k: m.merge(k, 5, operator.add),
+        lambda m, k: m.upsert(k, 5, lambda *a: 5),
+        lambda m, k: m.remove_if(k, lambda *a: True),
+        lambda m, k: m.mset({k: 5}),
+    ],
+)
+def test_a_key_whose_eq_writes_the_map_raises_instead_of_deadlocking(
+    operation: Any, write: str, shards: int
+) -> None:
+    # The stored key and the one looked up are equal but not identical: the dict
+    # operation, under the shard lock, calls __eq__, which writes the map.
+    stored = EqWrites("k", WRITES[write])
+    m: ShardedMap[Any, int] = ShardedMap({stored: 1, "other": 2}, shards=shards)
+    lookup = EqWrites("k", WRITES[write])
+    stored.map = lookup.map = m
+    with pytest.raises(
+        RecursiveUpdateError, match=r"^recursive update: \w+ on a ShardedMap from (code|inside the callback)"
+    ):
+        within(10, lambda: operation(m, lookup))
+    assert dict(m.items()) == {stored: 1, "other": 2}  # intact
+    m["after"] = 3  # and unlocked
+    assert within(10, lambda: m.pop("after")) == 3
+
+
+class HashWrites:
+    """A key whose __hash__ first writes ``side`` into the map."""
+
+    def __init__(self, m: Any) -> None:
+        self.m = m
+        self.calls = 0
+
+    def __hash__(self) -> int:
+        self.calls += 1
+        self.m["side"] = self.calls
+        return 12345
+
+
+@pytest.mark.parametrize("shards", [1, 64])
+@pytest.mark.parametrize(
+    "operation",
+    [
+        lambda m, k: m.__setitem__(k, 5),
+        lambda m, k: m.setdefault(k, 5),
+        lambda m, k: m.compute(k, lambda old: 5),
+        lambda m, k: m.merge(k, 5, operator.add),
+        lambda m, k: m.pop(k, None),
+        lambda m, k: m.mset({k: 5}),
+    ],
+)
+def test_a_key_whose_hash_writes_the_map_works_or_raises_but_never_deadlocks(
+    operation: Any, shards: int
+) -> None:
+    # Placement calls __hash__ with no lock held (that write works); the pure-Python
+    # map's dict operation calls it again under the lock (RecursiveUpdateError). A C
+    # core that hashes once, outside the lock, may let the operation succeed.
+    m: ShardedMap[Any, int] = ShardedMap({"a": 1}, shards=shards)
+    key = HashWrites(m)
+    try:
+        within(10, lambda: operation(m, key))
+    except RecursiveUpdateError:
+        assert all(k is not key for k in m)  # refused: not stored (iteration hashes nothing)
+    content = {k: v for k, v in m.items() if k is not key}
+    assert content["a"] == 1 and set(content) == {"a", "side"}
+    m["after"] = 1
+    assert m.pop("after") == 1
+
+
+def test_a_del_that_writes_the_map_under_its_lock_never_deadlocks() -> None:
+    m: ShardedMap[str, Any] = ShardedMap(shards=1)
+    errors: list[BaseException] = []
+
+    class Resource:
+        def __del__(self) -> None:
+            try:
+                m.pop("registry-entry", None)
+            except RecursiveUpdateError as error:
+                errors.append(error)
+
+    def body() -> None:
+        # On one thread: on the free-threaded build an object freed by a thread other
+        # than its creator is finalized later, by its creator (biased reference counting).
+        m["registry-entry"] = 1
+        m["r"] = Resource()
+        m["r"] = None  # drops the Resource under the shard lock
+
+    within(10, body)
+    assert m == {"registry-entry": 1, "r": None}
+    assert [type(e) for e in errors] == [RecursiveUpdateError]
+
+
+def test_a_callback_of_another_map_may_write_this_one() -> None:
+    one: ShardedMap[str, int] = ShardedMap(shards=1)
+    two: ShardedMap[str, int] = ShardedMap(shards=1)
+    assert within(10, lambda: one.compute("a", lambda old: two.merge("a", 1, operator.add) + 1)) == 2
+    assert one == {"a": 2} and two == {"a": 1}
+
+
+# -- markers are never values (issue 13, break 5) --------------------------------------------
+
+STORES: dict[str, Callable[[Any, Any], object]] = {
+    "set": lambda m, v: m.__setitem__("k", v),
+    "set existing": lambda m, v: m.__setitem__("a", v),
+    "setdefault": lambda m, v: m.setdefault("k", v),
+    "setdefault existing": lambda m, v: m.setdefault("a", v),
+    "set_if_absent": lambda m, v: m.set_if_absent("k", v),
+    "replace": lambda m, v: m.replace("a", 1, v),
+    "merge": lambda m, v: m.merge("k", v, operator.add),
+    "merge existing": lambda m, v: m.merge("a", v, operator.add),
+    "mset": lambda m, v: m.mset({"k": 1, "j": v}),
+    "update": lambda m, v: m.update({"k": 1}, j=v),
+    "update pairs": lambda m, v: m.update([("k", 1), ("j", v)]),
+    "ior": lambda m, v: m.__ior__({"k": 1, "j": v}),
+}
+
+
+@pytest.mark.parametrize("marker", [MISSING, DELETE], ids=repr)
+@pytest.mark.parametrize("store", STORES, ids=str)
+def test_storing_a_marker_is_refused_and_changes_nothing(store: str, marker: Any) -> None:
+    m: ShardedMap[str, Any] = ShardedMap({"a": 1}, shards=4)
+    with pytest.raises(
+        ValueError, match=rf"^{marker!r} cannot be stored in a ShardedMap \(\w+\): it is ftmap's"
+    ):
+        STORES[store](m, marker)
+    assert m == {"a": 1}
+
+
+@pytest.mark.parametrize("marker", [MISSING, DELETE], ids=repr)
+def test_a_map_is_never_built_with_a_marker(marker: Any) -> None:
+    for build in (
+        lambda: ShardedMap({"a": marker}),
+        lambda: ShardedMap([("a", 1), ("b", marker)]),
+        lambda: ShardedMap(a=marker),
+        lambda: ShardedMap({"a": 1}) | {"b": marker},
+    ):
+        with pytest.raises(ValueError, match="cannot be stored"):
+            build()
+
+
+@pytest.mark.parametrize("marker", [MISSING, DELETE], ids=repr)
+def test_a_callback_returning_a_marker_leaves_the_key_absent(marker: Any) -> None:
+    m: ShardedMap[str, Any] = ShardedMap({"a": 1, "b": 2, "c": 3, "d": 4}, shards=4)
+    assert m.compute("new", lambda old: marker) is MISSING and "new" not in m
+    assert m.compute("a", lambda old: marker) is MISSING and "a" not in m
+    assert m.compute_if_present("b", lambda old: marker) is MISSING and "b" not in m
+    assert m.compute_if_absent("new", lambda key: marker) is MISSING and "new" not in m
+    assert m.merge("c", 1, lambda old, new: marker) is MISSING and "c" not in m
+    assert m.upsert("d", 1, lambda exists, old, new: marker) is MISSING and "d" not in m
+    assert m.upsert("new", 1, lambda exists, old, new: marker) is MISSING and "new" not in m
+    assert m == {} and len(m) == 0 and list(m) == []
+    # The identity function keeps an absent key absent and a present one unchanged.
+    assert m.compute("x", lambda old: old) is MISSING and "x" not in m
+    m["x"] = 5
+    assert m.compute("x", lambda old: old) == 5
+    # A compute_if_absent whose factory declined runs it again next time.
+    assert m.compute_if_absent("y", lambda key: 6) == 6
+
+
+def test_markers_are_accepted_where_nothing_is_stored() -> None:
+    m: ShardedMap[str, Any] = ShardedMap({"a": 1})
+    assert m.get("zz", MISSING) is MISSING and m.pop("zz", DELETE) is DELETE
+    assert not m.replace("a", MISSING, 2) and not m.remove("a", DELETE) and m == {"a": 1}
+    assert m.upsert("a", MISSING, lambda exists, old, new: old + 1) == 2
