@@ -399,10 +399,12 @@ class ShardedMap(ItemsBackedMap[K, V]):
     def mset(self, mapping: Mapping[K, V]) -> None:
         """Store every item: atomic per key (shard by shard, one lock at a time), not as a whole.
 
-        Every value is checked and every key placed (hashed) before anything is
-        stored, so a marker value, or a key whose ``__hash__`` raises, changes
-        nothing. A key whose ``__eq__`` raises while it is stored stops the
-        batch there, as in ``dict.update``.
+        In this order: every value is checked (a marker raises ValueError), then
+        every key is placed (hashed), then the items are stored shard by shard, in
+        the order in which each shard first appears, each shard's items in order.
+        So a marker value, or a key whose ``__hash__`` raises, changes nothing; a
+        key whose ``__eq__`` raises while it is stored stops the batch there, the
+        items stored before it staying, as in ``dict.update``.
         """
         self._store_all("mset", mapping.items())
 
@@ -437,20 +439,21 @@ class ShardedMap(ItemsBackedMap[K, V]):
         holding = self._holding
         if me in holding:
             raise self._recursive(me, op)
-        by_shard: dict[int, list[tuple[Any, Any]]] = {}
-        name = type(self).__name__
-        for key, value in items:
+        pairs = list(items)
+        for _, value in pairs:
             if value is MISSING or value is DELETE:
-                raise marker_error(value, op, name)
+                raise marker_error(value, op, type(self).__name__)
+        by_shard: dict[int, list[tuple[Any, Any]]] = {}
+        for key, value in pairs:
             by_shard.setdefault(self.shard_index(key), []).append((key, value))
         locks, dicts = self._locks, self._dicts
         held = None  # the lock this thread may hold: released again in the finally
         holding[me] = op
         try:
-            for index, pairs in by_shard.items():
+            for index, group in by_shard.items():
                 held = locks[index]
                 held.acquire()
-                dicts[index].update(pairs)
+                dicts[index].update(group)
                 held.release()
                 held = None
         finally:

@@ -47,6 +47,7 @@ pure-Python guarantee.
 from __future__ import annotations
 
 import collections
+import operator
 import threading
 from collections.abc import (
     Callable,
@@ -416,8 +417,8 @@ class _MapIterator(Iterator[T]):
     def __next__(self) -> T:
         state = self._state
         noted = state[1]
-        if 0 in state:
-            self._map._check_read(ConcurrentIterationError, self._op, NO_KEY, None)
+        # One check, on exit: a write in progress when the step began is either still
+        # in progress (the claim) or finished during the step (the counter moved).
         try:
             return next(self._it)
         finally:
@@ -448,6 +449,12 @@ class _ValuesView(ValuesView[V]):
     def __reversed__(self) -> Iterator[V]:
         return _MapIterator(self._mapping, _reversed_values, "iterate values")
 
+    def __contains__(self, value: object) -> bool:
+        # dict's own test: ValuesView's would look every key up again (calling
+        # __hash__), where a dict compares its values only.
+        mapping = self._mapping
+        return mapping._read("contains", operator.contains, mapping._data.values(), value)
+
 
 class _ItemsView(ItemsView[K, V]):
     __slots__ = ()
@@ -458,6 +465,11 @@ class _ItemsView(ItemsView[K, V]):
 
     def __reversed__(self) -> Iterator[tuple[K, V]]:
         return _MapIterator(self._mapping, _reversed_items, "iterate items")
+
+    def __contains__(self, item: object) -> bool:
+        # dict's own test: False for anything but a pair, where ItemsView's unpacks it.
+        mapping = self._mapping
+        return mapping._read("contains", operator.contains, mapping._data.items(), item)
 
 
 def _iter_values(data: dict[Any, V]) -> Iterator[V]:
