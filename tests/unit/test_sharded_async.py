@@ -101,7 +101,8 @@ def key_per_shard(m: ShardedMap[Any, Any]) -> list[int]:
 
 
 def assert_unlocked_and_usable(m: ShardedMap[Any, Any]) -> None:
-    assert not m._holding, f"this thread is still marked as holding a shard lock: {m._holding}"
+    marked = {ident: cell[0] for ident, cell in m._holding.items() if cell[0] is not None}
+    assert not marked, f"a thread is still marked as holding a shard lock: {marked}"
     assert not any(lock._is_owned() for lock in m._locks), "a shard lock leaked"  # type: ignore[attr-defined]
     probes = key_per_shard(m)
 
