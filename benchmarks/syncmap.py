@@ -34,7 +34,7 @@ def make_dict() -> dict[str, int]:
 
 def make_sync() -> SyncMap[str, int]:
     m = SyncMap(make_dict())
-    len(m)  # promote: every key in the read map
+    list(m)  # promote: every key in the read map (iteration promotes; len does not)
     return m
 
 
