@@ -49,7 +49,11 @@ An exception that lands inside a key's ``__hash__``/``__eq__`` or a
 published). A second asynchronous exception delivered while the first
 unwinds is outside this guarantee. A ``__del__`` run by the stores drops
 any asynchronous exception delivered inside it (CPython reports it as
-unraisable), so the publish still completes.
+unraisable), so the publish still completes. ``subscribe``, unsubscribing
+and ``reader()`` also take effect completely or not at all (an exception
+after ``subscribe`` registered the callback loses only its return value).
+CPython 3.14 is untested here: the guarantee assumes it delivers at the same
+kinds of points, and never between two stores.
 """
 
 from __future__ import annotations
