@@ -8,18 +8,77 @@ The one published reference is the current snapshot's own ``dict.get``,
 bound method and all: ``m.get(key)`` is then a slot load and a C call (no
 Python frame), and ``snapshot()`` and ``version`` read the same reference
 through its ``__self__``, so they can never disagree with ``get``.
+
+Keys follow dict semantics everywhere (identity first, then ``==``): a write
+copies the current snapshot with dict's own copy and changes only the target
+key with dict's own operations, so ``del m[k]`` removes exactly the key that
+``k in m`` finds, and a stored key's ``__eq__`` runs only where dict itself
+would run it.
+
+Re-entrance. User code that runs while this thread holds the writer lock (a
+``transform`` function, a key's ``__hash__``/``__eq__`` during a write, a
+``__del__`` run by a write) may read the map, ``history_versions()``,
+``subscribe``, make a ``reader()``; a write from there raises
+RecursiveUpdateError and the outer write goes on (or fails) as if it had not
+been tried: no deadlock, the map intact. Subscribers run outside the writer
+lock and may write the map.
+
+Asynchronous exceptions (KeyboardInterrupt, ``PyThreadState_SetAsyncExc``),
+pure-Python implementation. Assuming one such exception per operation,
+delivered where CPython 3.13 delivers them (function entry, loop back-edges,
+right after any call returns; never between two attribute or item stores):
+
+- every write is all-or-nothing: its whole publish (history, current
+  snapshot, pending delivery, readers' stale flags) is a run of attribute and
+  item stores ended by one C call, with no delivery point inside, so either
+  the version is published completely or not at all;
+- no lock is held afterwards: both locks are RLocks acquired inside ``try``
+  and released in ``finally`` by one call that fails harmlessly when this
+  thread does not own it (no ``with``, so the 3.14 window between
+  ``__enter__`` and the protected block does not exist here);
+- every write that returned is visible, ``history_versions()`` ends with the
+  current version and is contiguous, and no reader is stale after a publish
+  that completed;
+- every published version is delivered to each of its subscribers exactly
+  once and in order, eventually: by the end of the next write that
+  completes, or by ``flush()``. A callback that the exception interrupts
+  counts as having received that version (the exception is its own).
+
+An exception that lands inside a key's ``__hash__``/``__eq__`` or a
+``transform`` function is an ordinary failure of the write (nothing
+published). A second asynchronous exception delivered while the first
+unwinds is outside this guarantee. A ``__del__`` run by the stores drops
+any asynchronous exception delivered inside it (CPython reports it as
+unraisable), so the publish still completes. ``subscribe``, unsubscribing
+and ``reader()`` also take effect completely or not at all (an exception
+after ``subscribe`` registered the callback loses only its return value).
+CPython 3.14 is untested here: the guarantee assumes it delivers at the same
+kinds of points, and never between two stores.
 """
 
 from __future__ import annotations
 
+import array
 import collections
+import copy
+import dataclasses
 import logging
+import operator
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
-from dataclasses import dataclass
+from collections.abc import (
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    MutableSequence,
+    Set,
+    ValuesView,
+)
+from itertools import compress, repeat
 from typing import Any, NoReturn, TypeVar
 
-from ._base import same_value
+from ._errors import RecursiveUpdateError
 
 __all__ = ["Change", "FrozenDict", "Snapshot", "SnapshotMap", "SnapshotReader", "freeze"]
 
@@ -28,22 +87,43 @@ V = TypeVar("V")
 
 log = logging.getLogger("ftmap")
 
+_ABSENT: Any = object()  # "no such key": never a value, never visible outside this module
+
+
+# -- read-only values --------------------------------------------------------------------
+
 
 class FrozenDict(dict[K, V]):
-    """A dict that refuses every change: what nested dicts become when a SnapshotMap publishes.
+    """A dict that refuses every change, deep-frozen from the start.
 
-    It is a real dict (json.dumps, ``==`` and ``dict(...)`` work as for any
-    dict), so C code that calls dict's methods directly could still change
-    it: it is read-only to Python code, not sealed against C.
+    ``FrozenDict(content, **kwargs)`` takes what ``dict()`` takes and freezes
+    every value (see freeze): a FrozenDict holds only frozen values, however
+    it was built, so freeze returns one as it is. It is a real dict
+    (json.dumps, ``==`` and ``dict(...)`` work as for any dict); C code that
+    calls dict's methods directly (or Python code calling ``dict.__setitem__``
+    on it) could still change it: it is read-only to Python code that uses the
+    mapping protocol, not sealed.
     """
 
     __slots__ = ()
+
+    def __new__(cls, content: Mapping[K, V] | Iterable[tuple[K, V]] = (), /, **kwargs: V) -> FrozenDict[K, V]:
+        self = dict.__new__(cls)
+        dict.update(self, _frozen_content(content, kwargs))
+        return self
+
+    def __init__(self, content: Mapping[K, V] | Iterable[tuple[K, V]] = (), /, **kwargs: V) -> None:
+        """Filled by __new__: calling __init__ again changes nothing."""
 
     def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
         raise TypeError(f"{type(self).__name__} is read-only")
 
     __setitem__ = __delitem__ = __ior__ = _refuse
     clear = pop = popitem = setdefault = update = _refuse
+
+    @classmethod
+    def fromkeys(cls, iterable: Iterable[Any], value: Any = None) -> Any:
+        return cls(dict.fromkeys(iterable, value))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({dict.__repr__(self)})"
@@ -59,13 +139,26 @@ class FrozenDict(dict[K, V]):
 
 
 class Snapshot(FrozenDict[K, V]):
-    """One version of a SnapshotMap's content: read-only forever, ``version`` attached."""
+    """One version of a SnapshotMap's content: read-only forever, ``version`` attached (read-only too)."""
 
     __slots__ = ("version",)
 
+    version: int
+
+    def __new__(cls, content: Mapping[K, V] | Iterable[tuple[K, V]] = (), version: int = 0) -> Snapshot[K, V]:
+        self = dict.__new__(cls)
+        dict.update(self, _frozen_content(content, {}))
+        _set_version(self, version)
+        return self
+
     def __init__(self, content: Mapping[K, V] | Iterable[tuple[K, V]] = (), version: int = 0) -> None:
-        dict.__init__(self, content)
-        self.version = version
+        """Filled by __new__: calling __init__ again changes nothing."""
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError(f"{type(self).__name__} is read-only: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"{type(self).__name__} is read-only: cannot delete {name!r}")
 
     def __repr__(self) -> str:
         return f"Snapshot(version={self.version}, {dict.__repr__(self)})"
@@ -74,79 +167,365 @@ class Snapshot(FrozenDict[K, V]):
         return (type(self), (dict(self), self.version))
 
 
+# The version slot's own setter: the only way this module sets it (Snapshot.__setattr__ refuses).
+_set_version: Callable[[Snapshot[Any, Any], int], None] = Snapshot.version.__set__  # type: ignore[attr-defined]
+
+
+def _snapshot_of(content: Mapping[Any, Any]) -> Snapshot[Any, Any]:
+    """A new, private Snapshot holding content's items (already frozen); one dict copy."""
+    new: Snapshot[Any, Any] = dict.__new__(Snapshot)
+    dict.update(new, content)
+    return new
+
+
+def _frozen_dict_of(content: dict[Any, Any]) -> FrozenDict[Any, Any]:
+    new: FrozenDict[Any, Any] = dict.__new__(FrozenDict)
+    dict.update(new, content)
+    return new
+
+
+# Exact types whose instances are immutable and hold nothing mutable: freeze returns them at once.
+_ATOMS = frozenset(
+    {type(None), bool, int, float, complex, str, bytes, range, type(...), type(NotImplemented)}
+)
+_IN_PROGRESS: Any = object()  # a memo entry for a value being frozen: met again, it contains itself
+
+
 def freeze(value: Any) -> Any:
-    """A read-only deep copy: dicts (any Mapping) become FrozenDict, lists and tuples
-    tuples, sets frozensets; everything else is kept as it is."""
-    if isinstance(value, FrozenDict | str | bytes | int | float | bool | type(None)):
+    """A read-only deep copy of value: what a SnapshotMap publishes.
+
+    - Immutable atoms (None, bool, int, float, complex, str, bytes, range) and
+      FrozenDict (frozen by construction) are returned as they are.
+    - Any other Mapping becomes a FrozenDict of frozen values (keys are kept:
+      they are hashable already).
+    - list, deque, array.array, any other MutableSequence and a mapping's
+      values() view become tuples.
+    - set and any other collections.abc.Set become frozensets.
+    - bytearray and memoryview become bytes (a memoryview's bytes, whatever its format).
+    - tuple, frozenset, a namedtuple and a frozen dataclass keep their type with
+      frozen items or fields (returned as they are when nothing inside changes);
+      a tuple subclass that is not a namedtuple becomes a plain tuple when an
+      item changes.
+    - Anything else (instances of other classes, non-frozen dataclasses
+      included) is published by reference: freeze cannot make it immutable, so
+      readers share it. Publish only immutable objects if readers must never
+      see them change.
+
+    One object reached twice is frozen once (a DAG stays a DAG, in linear time).
+    A value that contains itself, or is nested deeper than the recursion limit
+    allows, raises ValueError.
+    """
+    if type(value) in _ATOMS:
         return value
-    if isinstance(value, Mapping):
-        return FrozenDict((k, freeze(v)) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return tuple(freeze(v) for v in value)
-    if isinstance(value, set | frozenset):
-        return frozenset(freeze(v) for v in value)
-    return value
+    try:
+        return _freeze(value, {})
+    except RecursionError:
+        raise ValueError("cannot freeze a value nested more deeply than the recursion limit allows") from None
 
 
-@dataclass(frozen=True)
+def _freeze(value: Any, memo: dict[int, tuple[Any, Any]]) -> Any:  # noqa: PLR0912  (one branch a kind)
+    """freeze, with memo: id(original) -> (original, frozen or _IN_PROGRESS). The memo keeps
+    every original alive, so that an id is never reused during one freeze."""
+    kind = type(value)
+    if kind in _ATOMS:
+        return value
+    key = id(value)
+    seen = memo.get(key)
+    if seen is not None:
+        if seen[1] is _IN_PROGRESS:
+            raise ValueError(f"cannot freeze a value that contains itself (a {kind.__name__} inside itself)")
+        return seen[1]
+    memo[key] = (value, _IN_PROGRESS)
+    frozen: Any
+    if isinstance(value, FrozenDict):
+        frozen = value
+    elif kind is dict or isinstance(value, Mapping):
+        frozen = _frozen_dict_of({k: _freeze(v, memo) for k, v in value.items()})
+    elif isinstance(value, tuple):
+        items = tuple([_freeze(v, memo) for v in value])
+        if all(map(operator.is_, items, value)):
+            frozen = value
+        elif kind is not tuple and callable(getattr(kind, "_make", None)) and hasattr(kind, "_fields"):
+            frozen = kind._make(items)  # a namedtuple: its type and field names kept
+        else:
+            frozen = items
+    elif isinstance(value, bytearray | memoryview):
+        frozen = value.tobytes() if isinstance(value, memoryview) else bytes(value)
+    elif isinstance(value, list | collections.deque | array.array | MutableSequence | ValuesView):
+        frozen = tuple([_freeze(v, memo) for v in value])
+    elif isinstance(value, Set):
+        members = [_freeze(v, memo) for v in value]
+        unchanged = kind is frozenset and all(map(operator.is_, members, value))
+        frozen = value if unchanged else frozenset(members)
+    elif getattr(getattr(kind, "__dataclass_params__", None), "frozen", False):  # a frozen dataclass instance
+        frozen = _freeze_frozen_dataclass(value, memo)
+    else:
+        frozen = value
+    memo[key] = (value, frozen)
+    return frozen
+
+
+def _freeze_frozen_dataclass(value: Any, memo: dict[int, tuple[Any, Any]]) -> Any:
+    changed = {}
+    for field in dataclasses.fields(value):
+        try:
+            before = getattr(value, field.name)
+        except AttributeError:  # a slot never set
+            continue
+        after = _freeze(before, memo)
+        if after is not before:
+            changed[field.name] = after
+    if not changed:
+        return value
+    clone = copy.copy(value)
+    for name, after in changed.items():
+        object.__setattr__(clone, name, after)  # as dataclasses itself sets a frozen instance's fields
+    return clone
+
+
+def _frozen_content(content: Any, kwargs: Mapping[str, Any]) -> Mapping[Any, Any]:
+    """content and kwargs as dict(content, **kwargs) would merge them, every value frozen
+    (one memo for all). A FrozenDict without kwargs is returned as it is: it is frozen."""
+    if isinstance(content, FrozenDict) and not kwargs:
+        return content
+    pairs = content.items() if isinstance(content, Mapping) else dict(content).items()
+    memo: dict[int, tuple[Any, Any]] = {}
+    try:
+        frozen = {k: _freeze(v, memo) for k, v in pairs}
+        for k, v in kwargs.items():
+            frozen[k] = _freeze(v, memo)
+    except RecursionError:
+        raise ValueError("cannot freeze a value nested more deeply than the recursion limit allows") from None
+    return frozen
+
+
+# -- changes -------------------------------------------------------------------------------
+
+
 class Change:
-    """What a publish changed: the two snapshots and the keys added, removed and changed."""
+    """What one publish changed: the two snapshots, and the keys added, removed and changed.
+
+    ``added``, ``removed`` and ``changed`` are frozensets of keys, computed on
+    first access (in the thread that reads them) and kept, so publishing never
+    compares values. Keys are found with dict semantics. A key is in
+    ``changed`` when it is in both snapshots and its two values are not the same
+    object and do not compare equal; a value whose ``==`` raises, or returns
+    something without a truth value, counts as changed. A key whose lookup in
+    the other snapshot raises (its or a colliding key's ``__eq__``) counts as
+    not found there: removed from old, added in new.
+    """
+
+    __slots__ = ("_diff", "new", "old")
 
     old: Snapshot[Any, Any]
     new: Snapshot[Any, Any]
-    added: frozenset[Any]
-    removed: frozenset[Any]
-    changed: frozenset[Any]
+    _diff: tuple[frozenset[Any], frozenset[Any], frozenset[Any]] | None
+
+    def __init__(
+        self,
+        old: Snapshot[Any, Any],
+        new: Snapshot[Any, Any],
+        added: Iterable[Any] | None = None,
+        removed: Iterable[Any] | None = None,
+        changed: Iterable[Any] | None = None,
+    ) -> None:
+        given = added is not None or removed is not None or changed is not None
+        diff = (frozenset(added or ()), frozenset(removed or ()), frozenset(changed or ())) if given else None
+        object.__setattr__(self, "old", old)
+        object.__setattr__(self, "new", new)
+        object.__setattr__(self, "_diff", diff)
 
     @classmethod
     def between(cls, old: Snapshot[Any, Any], new: Snapshot[Any, Any]) -> Change:
-        changed = frozenset(k for k in old.keys() & new.keys() if not same_value(old[k], new[k]))
-        return cls(old, new, frozenset(new.keys() - old.keys()), frozenset(old.keys() - new.keys()), changed)
+        return cls(old, new)
+
+    def _computed(self) -> tuple[frozenset[Any], frozenset[Any], frozenset[Any]]:
+        diff = self._diff
+        if diff is None:
+            diff = _diff(self.old, self.new)
+            object.__setattr__(self, "_diff", diff)  # two threads may both compute it: equal results
+        return diff
+
+    @property
+    def added(self) -> frozenset[Any]:
+        return self._computed()[0]
+
+    @property
+    def removed(self) -> frozenset[Any]:
+        return self._computed()[1]
+
+    @property
+    def changed(self) -> frozenset[Any]:
+        return self._computed()[2]
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Change):
+            return NotImplemented
+        return (self.old, self.new, self._computed()) == (other.old, other.new, other._computed())
+
+    __hash__ = None  # type: ignore[assignment]  # snapshots are unhashable
+
+    def __repr__(self) -> str:
+        return (
+            f"Change(version {self.old.version} -> {self.new.version}, added={set(self.added)!r}, "
+            f"removed={set(self.removed)!r}, changed={set(self.changed)!r})"
+        )
+
+
+def _same(a: object, b: object) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # a raising == (or a result with no truth value): counted as changed
+        return False
+
+
+def _diff(
+    old: Snapshot[Any, Any], new: Snapshot[Any, Any]
+) -> tuple[frozenset[Any], frozenset[Any], frozenset[Any]]:
+    try:
+        added = frozenset(new.keys() - old.keys())
+        removed = frozenset(old.keys() - new.keys())
+        # Values that are not the very same object, found in C; then, in Python, only those.
+        candidates = list(compress(new.keys(), map(operator.is_not, map(old.get, new.keys()), new.values())))
+    except Exception:  # a key whose lookup raises: the slow way, key by key
+        added, removed = _missing_keys(new, old), _missing_keys(old, new)
+        candidates = list(new.keys())
+    changed = []
+    for key in candidates:
+        try:
+            before = old.get(key, _ABSENT)
+        except Exception:
+            continue  # not found in old: counted in added
+        after = new[key]
+        if before is not _ABSENT and before is not after and not _same(before, after):
+            changed.append(key)
+    return added, removed, frozenset(changed)
+
+
+def _missing_keys(source: Snapshot[Any, Any], other: Snapshot[Any, Any]) -> frozenset[Any]:
+    missing = []
+    for key in source:
+        try:
+            found = key in other
+        except Exception:
+            found = False
+        if not found:
+            missing.append(key)
+    return frozenset(missing)
+
+
+# -- the map -------------------------------------------------------------------------------
+
+
+class _Subscription:
+    """One subscribe() call. active: True until its unsubscribe function runs (set once, by it)."""
+
+    __slots__ = ("active", "callback")
+
+    def __init__(self, callback: Callable[[Change], object]) -> None:
+        self.callback = callback
+        self.active = True
+
+
+class _Pending:
+    """A published version waiting for delivery: a link in the map's delivery chain.
+
+    change, subscriptions: set before the node is linked; cleared (None, ()) once
+      delivered, so that a delivered node holds no snapshot.
+    next: None until the next pending version is linked after it (once, under the writer lock).
+    done: how many of subscriptions have been called for it (only the deliverer writes it,
+      counting each call before making it, so no callback is called twice for one version).
+    """
+
+    __slots__ = ("change", "done", "next", "subscriptions")
+
+    def __init__(self, change: Change | None, subscriptions: tuple[_Subscription, ...]) -> None:
+        self.change = change
+        self.subscriptions = subscriptions
+        self.next: _Pending | None = None
+        self.done = 0
 
 
 class SnapshotMap(MutableMapping[K, V]):
     """A map whose whole content is one immutable snapshot, replaced as a whole by every write.
 
-    Reads (``m[k]``, ``get``, ``in``, ``len``, iteration, the views) each use
-    one snapshot and take no lock; iteration never raises, whatever writers
-    do. ``snapshot()`` returns that snapshot (a read-only dict with its
-    ``version``), so multi-key reads from it are consistent: never torn.
+    Reads (``m[k]``, ``get``, ``in``, ``len``, iteration, the views,
+    ``history_versions()``) each use one snapshot and take no lock; iteration
+    never raises, whatever writers do. ``snapshot()`` returns that snapshot (a
+    read-only dict with its read-only ``version``), so multi-key reads from it
+    are consistent: never torn.
 
-    Every write publishes exactly one new version, under a writer lock:
-    ``m[k] = v``, ``del m[k]``, ``update`` (one version for the batch),
-    ``replace``, ``compare_and_replace`` (a stale writer never overwrites a
-    newer version), ``transform``, ``rollback``, ``clear``, ``pop``,
-    ``popitem``, ``setdefault`` (atomic). Values are deep-frozen on publish
-    (see freeze): no reader can change shared content. The last ``history``
-    snapshots are kept for ``rollback``. Subscribers get a Change after each
-    publish, in version order, one at a time, outside the writer lock; one
-    that raises is logged (logger "ftmap") and the others still run.
+    Every write publishes exactly one new version, under a writer lock, or
+    nothing if it fails: ``m[k] = v``, ``del m[k]``, ``update`` (one version for
+    the batch), ``replace``, ``compare_and_replace`` (a stale writer never
+    overwrites a newer version), ``transform``, ``rollback``, ``clear``,
+    ``pop``, ``popitem``, ``setdefault`` (atomic). Keys follow dict semantics
+    (``del m[k]`` removes exactly the key ``k in m`` finds, NaN included).
+    Values are deep-frozen on publish (see freeze). The last ``history``
+    snapshots are kept for ``rollback``.
+
+    Subscribers get a Change after each publish, in version order, one at a
+    time, outside the writer lock: each version published after ``subscribe()``
+    returned, once, until its unsubscribe function returns. One that raises an
+    Exception is logged (logger "ftmap") and the others still run; a
+    BaseException (KeyboardInterrupt, SystemExit) stops that delivery and
+    propagates out of the write or ``flush()`` that was delivering (the write
+    itself was published); the callback that raised has received that version,
+    and the rest is delivered by the next write or ``flush()``.
+
+    User code run under the writer lock (a ``transform`` function, a key's
+    ``__hash__``/``__eq__``) may read the map but not write it: that raises
+    RecursiveUpdateError, the map intact. The module docstring states the
+    guarantee under asynchronous exceptions.
     """
 
     __slots__ = (
         "__weakref__",
+        "_delivered",
         "_delivering",
         "_history",
+        "_history_size",
         "_lock",
-        "_pending",
+        "_readers",
         "_subscribers",
-        "_versions",
+        "_tail",
+        "_writing",
         "get",
     )
 
     # get: the current snapshot's own dict.get (a bound method). The one published
     #   reference: replaced, under _lock, by one store; read without any lock.
     #   get.__self__ is the current Snapshot.
-    # _lock: serialises writers: each reads the current snapshot, builds the next off
-    #   to the side and publishes it.
-    # _history: under _lock. The last snapshots published, newest last.
-    # _subscribers: replaced, under _lock, by a new tuple; read without a lock.
-    # _pending: changes published and not yet delivered, in version order (appended
-    #   under _lock; taken by whichever thread holds _delivering).
-    # _delivering: held by the one thread delivering changes to subscribers.
-    # _versions: a class private to this map; _versions.token is a fresh empty class
-    #   per publish, stored after get. Readers compare tokens: loading a class touches
-    #   no contended reference count on 3.13t, where loading a shared snapshot does.
+    # _lock: an RLock that serialises writers (and subscribe/unsubscribe/reader registration,
+    #   which may nest inside a write's user code). A write first checks _lock._is_owned():
+    #   a write from inside a write raises RecursiveUpdateError instead of nesting.
+    #   The lock protocol (both locks), safe against one asynchronous exception anywhere:
+    #     try: lock.acquire() ... finally: try: lock.release() / except RuntimeError: pass
+    #   The acquire is inside try, so an exception right after it returns still reaches the
+    #   release. The release is one call that fails harmlessly when this thread does not
+    #   own the lock (the acquire never ran, or a blocked acquire was interrupted), written
+    #   inline: a helper's entry would be a delivery point before the release. No with
+    #   statement: 3.14 delivers between __enter__ and the protected block.
+    # _writing: under _lock: the name of the write holding it (for RecursiveUpdateError).
+    # _history: a tuple of the last snapshots published, oldest first, newest = current.
+    #   Replaced under _lock, stored before get, so that a reader that loads get and then
+    #   _history finds the current snapshot in it. Read without a lock.
+    # _history_size: the history's length limit; never changes.
+    # _subscribers: a tuple of _Subscription, replaced under _lock; read under _lock.
+    # _tail: under _lock: the last node of the delivery chain; a publish with subscribers
+    #   links its node after it, then moves it.
+    # _delivered: the last node whose delivery is finished. Read by anyone (its .next says
+    #   whether something is pending); moved forward only by the thread holding _delivering.
+    # _delivering: an RLock held by the one thread delivering changes, in chain order.
+    # _readers: id -> stale flag cell ([bool]) of each live SnapshotReader. Added under _lock,
+    #   removed by the reader's __del__. A publish sets every flag True, by one C call,
+    #   after storing get.
 
     get: Callable[..., Any]
 
@@ -155,13 +534,16 @@ class SnapshotMap(MutableMapping[K, V]):
     ) -> None:
         if isinstance(history, bool) or not isinstance(history, int) or history < 1:
             raise ValueError(f"history must be an int >= 1, not {history!r}")
-        first: Snapshot[K, V] = Snapshot(_frozen_items(content, kwargs), 1)
-        self._lock = threading.Lock()
-        self._history: collections.deque[Snapshot[K, V]] = collections.deque([first], maxlen=history)
-        self._subscribers: tuple[Callable[[Change], object], ...] = ()
-        self._pending: collections.deque[Change] = collections.deque()
-        self._delivering = threading.Lock()
-        self._versions: Any = type("SnapshotMapVersions", (), {"token": _new_token()})
+        first: Snapshot[K, V] = _snapshot_of(_frozen_content(content, kwargs))
+        _set_version(first, 1)
+        self._lock = threading.RLock()
+        self._writing = ""
+        self._history: tuple[Snapshot[K, V], ...] = (first,)
+        self._history_size = history
+        self._subscribers: tuple[_Subscription, ...] = ()
+        self._tail = self._delivered = _Pending(None, ())
+        self._delivering = threading.RLock()
+        self._readers: dict[int, list[bool]] = {}
         self.get = first.get
 
     # -- reads: one snapshot each, no lock ---------------------------------------
@@ -208,136 +590,192 @@ class SnapshotMap(MutableMapping[K, V]):
         return f"{type(self).__name__}({dict.__repr__(current)}, version={current.version})"
 
     def copy(self) -> SnapshotMap[K, V]:
-        return type(self)(self.snapshot(), history=self._history.maxlen or 1)
+        return type(self)(self.snapshot(), history=self._history_size)
 
     __copy__ = copy
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (dict(self.snapshot()), self._history.maxlen))
+        return (_rebuild, (dict(self.snapshot()), self._history_size))
+
+    def history_versions(self) -> list[int]:
+        """The versions kept for rollback, oldest first; the last is the current version.
+
+        Takes no lock: it may be called from anywhere, a transform function included."""
+        current = self.get.__self__.version  # type: ignore[attr-defined]
+        # _history is stored before get: loaded after get, it holds the current version
+        # (and, during a publish, perhaps the next one, left out here).
+        return [s.version for s in self._history if s.version <= current]
 
     # -- writes: each publishes one version ----------------------------------------------
 
-    def _publish_locked(self, content: dict[Any, Any]) -> int:
-        """With _lock held: publish content (already frozen) as the next version."""
-        old = self.get.__self__  # type: ignore[attr-defined]
-        new: Snapshot[K, V] = Snapshot(content, old.version + 1)
-        self.get = new.get  # the publish: one reference store
-        self._versions.token = _new_token()  # after get: a reader seeing it sees new
-        self._history.append(new)
-        if self._subscribers:
-            self._pending.append(Change.between(old, new))
-        return new.version
-
-    def _write(self, build: Callable[[Snapshot[K, V]], dict[Any, Any] | None]) -> int:
-        """Under the writer lock, build the next content from the current snapshot and publish it.
-
-        build returns None to publish nothing; the current version is then returned.
-        """
-        with self._lock:
-            content = build(self.snapshot())
-            version = self.version if content is None else self._publish_locked(content)
-        if self._pending:
+    def _write(self, operation: str, build: Callable[[Snapshot[K, V]], Snapshot[K, V] | None]) -> int:
+        """Under the writer lock, build the next snapshot (private, version unset) from the
+        current one and publish it; return the new version. build returns None to publish
+        nothing; the current version is then returned."""
+        lock = self._lock
+        if lock._is_owned():  # type: ignore[attr-defined]
+            raise RecursiveUpdateError(type(self).__name__, operation, self._writing)
+        try:
+            lock.acquire()
+            self._writing = operation
+            current: Snapshot[K, V] = self.get.__self__  # type: ignore[attr-defined]
+            new = build(current)
+            if new is None:
+                version: int = current.version
+            else:
+                # Everything that calls (and so may be interrupted) comes first ...
+                version = current.version + 1
+                _set_version(new, version)
+                history = self._history
+                kept = history[1:] if len(history) >= self._history_size else history
+                new_history = (*kept, new)
+                subscriptions = self._subscribers
+                node = _Pending(Change(current, new), subscriptions) if subscriptions else None
+                flags = map(operator.setitem, list(self._readers.values()), _ZEROS, _TRUES)
+                # ... then the publish: stores only, no delivery point, then one C call.
+                # (history, current and the dropped nodes stay referenced by locals: nothing
+                # is freed, so no __del__ runs, until the lock is released.)
+                self._history = new_history
+                self.get = new.get
+                if node is not None:
+                    self._tail.next = node
+                    self._tail = node
+                _drain(flags, 0)  # every reader's stale flag set: C code, all or nothing
+        finally:
+            try:  # noqa: SIM105  (the lock protocol: see _lock)
+                lock.release()
+            except RuntimeError:
+                pass
+        if self._delivered.next is not None:
             self._deliver()
         return version
 
     def replace(self, content: Mapping[K, V] | Iterable[tuple[K, V]] = (), /, **kwargs: V) -> int:
         """Make content the whole content; return the new version."""
-        items = _frozen_items(content, kwargs)
-        return self._write(lambda current: items)
+        new = _snapshot_of(_frozen_content(content, kwargs))
+        return self._write("replace", lambda current: new)
 
     def compare_and_replace(self, expected_version: int, content: Mapping[K, V]) -> bool:
         """replace, but only if the current version is still expected_version; True if published."""
-        items = _frozen_items(content, {})
+        new = _snapshot_of(_frozen_content(content, {}))
         published = False
 
-        def build(current: Snapshot[K, V]) -> dict[Any, Any] | None:
+        def build(current: Snapshot[K, V]) -> Snapshot[K, V] | None:
             nonlocal published
             published = current.version == expected_version
-            return items if published else None
+            return new if published else None
 
-        self._write(build)
+        self._write("compare_and_replace", build)
         return published
 
     def transform(self, fn: Callable[[Snapshot[K, V]], Mapping[K, V]]) -> int:
-        """Publish fn(current snapshot) as the new content, fn running under the writer lock."""
-        return self._write(lambda current: _frozen_items(fn(current), {}))
+        """Publish fn(current snapshot) as the new content, fn running under the writer lock.
+
+        fn may read this map (it sees the current version) but not write it
+        (RecursiveUpdateError); if fn raises, nothing is published."""
+        return self._write("transform", lambda current: _snapshot_of(_frozen_content(fn(current), {})))
 
     def rollback(self, version: int) -> int:
         """Republish the content of an earlier version (still in history) as a new version."""
-        with self._lock:
-            kept = [s for s in self._history if s.version == version]
-        if not kept:
-            raise ValueError(f"version {version} is not in the history (kept: {self.history_versions()})")
-        return self._write(lambda current: dict(kept[0]))
 
-    def history_versions(self) -> list[int]:
-        """The versions kept for rollback, oldest first."""
-        with self._lock:
-            return [s.version for s in self._history]
+        def build(current: Snapshot[K, V]) -> Snapshot[K, V]:
+            for kept in self._history:
+                if kept.version == version:
+                    return _snapshot_of(kept)
+            raise ValueError(f"version {version} is not in the history (kept: {self.history_versions()})")
+
+        return self._write("rollback", build)
 
     def __setitem__(self, key: K, value: V) -> None:
         frozen = freeze(value)
-        self._write(lambda current: {**current, key: frozen})
+
+        def build(current: Snapshot[K, V]) -> Snapshot[K, V]:
+            new = _snapshot_of(current)
+            dict.__setitem__(new, key, frozen)
+            return new
+
+        self._write("set", build)
 
     def __delitem__(self, key: K) -> None:
-        def build(current: Snapshot[K, V]) -> dict[Any, Any]:
-            if key not in current:
-                raise KeyError(key)
-            return {k: v for k, v in current.items() if k != key}
+        def build(current: Snapshot[K, V]) -> Snapshot[K, V]:
+            new = _snapshot_of(current)
+            dict.__delitem__(new, key)  # KeyError(key) if absent, exactly as a dict
+            return new
 
-        self._write(build)
+        self._write("delete", build)
 
     def update(self, other: Any = (), /, **kwargs: V) -> None:
         """Set every item given: one version for the whole batch."""
-        items = _frozen_items(other.items() if isinstance(other, Mapping) else other, kwargs)
-        self._write(lambda current: {**current, **items})
+        items = _frozen_content(other, kwargs)
+
+        def build(current: Snapshot[K, V]) -> Snapshot[K, V]:
+            new = _snapshot_of(current)
+            dict.update(new, items)
+            return new
+
+        self._write("update", build)
 
     def setdefault(self, key: K, default: V = None, /) -> V:  # type: ignore[assignment]
         """Atomic: the value for key, or default published and returned."""
         frozen = freeze(default)
-        taken: list[Any] = []
+        taken: Any = None
 
-        def build(current: Snapshot[K, V]) -> dict[Any, Any] | None:
-            if key in current:
-                taken.append(current[key])
+        def build(current: Snapshot[K, V]) -> Snapshot[K, V] | None:
+            nonlocal taken
+            value = current.get(key, _ABSENT)
+            if value is not _ABSENT:
+                taken = value
                 return None
-            taken.append(frozen)
-            return {**current, key: frozen}
+            new = _snapshot_of(current)
+            dict.__setitem__(new, key, frozen)
+            taken = frozen
+            return new
 
-        self._write(build)
-        return taken[0]  # type: ignore[no-any-return]
+        self._write("setdefault", build)
+        return taken  # type: ignore[no-any-return]
 
     def pop(self, key: K, *default: Any) -> Any:
-        taken: list[Any] = []
+        if len(default) > 1:
+            raise TypeError(f"pop expected at most 2 arguments, got {1 + len(default)}")
+        taken: Any = None
 
-        def build(current: Snapshot[K, V]) -> dict[Any, Any] | None:
-            if key not in current:
-                if not default:
-                    raise KeyError(key)
-                taken.append(default[0])
-                return None
-            taken.append(current[key])
-            return {k: v for k, v in current.items() if k != key}
+        def build(current: Snapshot[K, V]) -> Snapshot[K, V] | None:
+            nonlocal taken
+            # Look first, so that popping an absent key with a default copies nothing; an
+            # empty content looks at no key (as dict.pop, which never hashes it then).
+            value = current.get(key, _ABSENT) if current else _ABSENT
+            if value is not _ABSENT:
+                new = _snapshot_of(current)
+                value = dict.pop(new, key, _ABSENT)
+                if value is not _ABSENT:  # (absent only if the key's __eq__ changed its mind)
+                    taken = value
+                    return new
+            if not default:
+                raise KeyError(key)
+            taken = default[0]
+            return None
 
-        self._write(build)
-        return taken[0]
+        self._write("pop", build)
+        return taken
 
     def popitem(self) -> tuple[K, V]:
-        taken: list[tuple[K, V]] = []
+        """Remove and return the last item inserted (as dict.popitem)."""
+        taken: Any = None
 
-        def build(current: Snapshot[K, V]) -> dict[Any, Any]:
+        def build(current: Snapshot[K, V]) -> Snapshot[K, V]:
+            nonlocal taken
             if not current:
                 raise KeyError("popitem(): SnapshotMap is empty")
-            content = dict(current)
-            taken.append(content.popitem())
-            return content
+            new = _snapshot_of(current)
+            taken = dict.popitem(new)
+            return new
 
-        self._write(build)
-        return taken[0]
+        self._write("popitem", build)
+        return taken  # type: ignore[no-any-return]
 
     def clear(self) -> None:
         """Publish an empty content (one version)."""
-        self._write(lambda current: {})
+        self._write("clear", lambda current: _snapshot_of({}))
 
     @classmethod
     def from_file(
@@ -358,45 +796,111 @@ class SnapshotMap(MutableMapping[K, V]):
         ConfigWatcher(store, path, format=format, validate=validate)
         return store
 
+    # -- per-thread readers ------------------------------------------------------------
+
     def reader(self) -> SnapshotReader[K, V]:
         """A reader for the calling thread to keep: reads that scale across threads (see SnapshotReader)."""
         return SnapshotReader(self)
 
+    def _register_reader(self, flag: list[bool]) -> dict[K, V]:
+        """Register a reader's stale flag and return its first copy, both under the writer
+        lock: no publish falls between them. May nest inside a write's user code."""
+        lock = self._lock
+        try:
+            lock.acquire()
+            data = dict(self.get.__self__)  # type: ignore[attr-defined]
+            self._readers[id(flag)] = flag
+        finally:
+            try:  # noqa: SIM105  (the lock protocol: see _lock)
+                lock.release()
+            except RuntimeError:
+                pass
+        return data
+
     # -- change callbacks --------------------------------------------------------------
 
     def subscribe(self, callback: Callable[[Change], object]) -> Callable[[], None]:
-        """Call callback(change) after every publish from now on; returns the unsubscribe function."""
-        with self._lock:
-            self._subscribers = (*self._subscribers, callback)
+        """Call callback(change) for every version published from now on; returns the
+        unsubscribe function (idempotent). Subscribing twice means two calls per version."""
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        subscription = _Subscription(callback)
+        lock = self._lock
+        try:
+            lock.acquire()
+            self._subscribers = (*self._subscribers, subscription)
+        finally:
+            try:  # noqa: SIM105  (the lock protocol: see _lock)
+                lock.release()
+            except RuntimeError:
+                pass
 
         def unsubscribe() -> None:
-            with self._lock:
-                self._subscribers = tuple(s for s in self._subscribers if s is not callback)
+            subscription.active = False  # first: no call starts after this
+            try:
+                lock.acquire()
+                self._subscribers = tuple(s for s in self._subscribers if s is not subscription)
+            finally:
+                try:  # noqa: SIM105  (the lock protocol: see _lock)
+                    lock.release()
+                except RuntimeError:
+                    pass
 
         return unsubscribe
 
-    def _deliver(self) -> None:
+    def flush(self) -> bool:
+        """Deliver, on this thread, every change still pending (normally none: each write
+        delivers its own; an asynchronous exception or a callback's BaseException can leave
+        some). True if none is pending when it returns; False if another thread is
+        delivering them, or if called from inside a callback or a write (they are then
+        delivered when that ends)."""
+        if self._lock._is_owned():  # type: ignore[attr-defined]
+            return False  # never run callbacks under the writer lock
+        return self._deliver()
+
+    def _deliver(self) -> bool:
         # One thread at a time delivers, in publish order. A thread that finds another
-        # delivering leaves its change to it: publishing never waits for a callback.
-        while self._pending:
-            if not self._delivering.acquire(blocking=False):
-                return
+        # delivering leaves its change to it, and that one looks again after releasing
+        # _delivering: the release and a publisher's failed try-acquire are atomic
+        # operations on one lock, so one of the two sees the other's work.
+        lock = self._delivering
+        while self._delivered.next is not None:
+            if lock._is_owned():  # type: ignore[attr-defined]
+                return False  # from inside a callback: the delivery below us goes on
             try:
-                while self._pending:
-                    change = self._pending.popleft()
-                    for callback in self._subscribers:
-                        try:
-                            callback(change)
-                        except Exception:
-                            log.exception(
-                                "SnapshotMap subscriber %r failed on version %d", callback, change.new.version
-                            )
+                if not lock.acquire(False):
+                    return False
+                self._deliver_lock_held()
             finally:
-                self._delivering.release()
+                try:  # noqa: SIM105  (the lock protocol: see _lock)
+                    lock.release()
+                except RuntimeError:
+                    pass
+        return True
+
+    def _deliver_lock_held(self) -> None:
+        node = self._delivered
+        while (pending := node.next) is not None:
+            change, subscriptions = pending.change, pending.subscriptions
+            while (done := pending.done) < len(subscriptions):
+                pending.done = done + 1  # counted before the call: never called twice
+                subscription = subscriptions[done]
+                if subscription.active:
+                    try:
+                        subscription.callback(change)  # type: ignore[arg-type]
+                    except Exception:
+                        log.exception(
+                            "SnapshotMap subscriber %r failed on version %d",
+                            subscription.callback,
+                            change.new.version,  # type: ignore[union-attr]
+                        )
+            pending.change, pending.subscriptions = None, ()
+            self._delivered = node = pending
 
 
-def _new_token() -> type:
-    return type("SnapshotVersionToken", (), {"__slots__": ()})
+_ZEROS = repeat(0)
+_TRUES = repeat(True)
+_drain = collections.deque  # _drain(iterator, 0): run an iterator to its end in C
 
 
 class SnapshotReader(Mapping[K, V]):
@@ -404,39 +908,52 @@ class SnapshotReader(Mapping[K, V]):
 
     On free-threaded 3.13 every load of a shared object touches its reference
     count, so threads reading one shared snapshot slow each other down. A
-    reader keeps its own copy of the current snapshot and, on every read,
-    compares the map's version token (a class: free to share) with the one
-    it copied at; it copies again only after a publish. Each read sees the
-    latest version published before it began, as the map's own reads do.
+    reader keeps its own copy of the current snapshot and a stale flag of its
+    own, which every publish sets (the map knows its live readers); a read
+    checks the flag and copies again only after a publish. Each read sees the
+    latest version published before it began, as the map's own reads do, also
+    after an asynchronous exception anywhere in a publish or a refresh.
 
     Make one per thread and keep it in that thread: a reader shared between
     threads is correct, but then shared, and so no faster than the map.
     """
 
-    __slots__ = ("_data", "_map", "_seen", "_versions")
+    __slots__ = ("_data", "_flag", "_map")
 
     def __init__(self, owner: SnapshotMap[K, V]) -> None:
         self._map = owner
-        self._versions = owner._versions
-        self._refresh()
+        self._flag = [False]  # [stale]: True after a publish this copy has not seen
+        self._data = owner._register_reader(self._flag)
+
+    def __del__(self) -> None:
+        # No module globals here (contextlib...): they may be gone at interpreter exit.
+        try:  # noqa: SIM105
+            self._map._readers.pop(id(self._flag), None)
+        except AttributeError:  # never fully built
+            pass
 
     def _refresh(self) -> None:
-        # Token first, then the snapshot: the snapshot is then at least as new as the token.
-        self._seen = self._versions.token
-        self._data: dict[K, V] = dict(self._map.snapshot())
+        flag = self._flag
+        flag[0] = False  # first: a publish from here on sets it again
+        try:
+            data = dict(self._map.get.__self__)  # type: ignore[attr-defined]
+        except BaseException:
+            flag[0] = True  # not refreshed: the next read tries again
+            raise
+        self._data = data
 
     def get(self, key: K, default: Any = None) -> Any:
-        if self._versions.token is not self._seen:
+        if self._flag[0]:
             self._refresh()
         return self._data.get(key, default)
 
     def __getitem__(self, key: K) -> V:
-        if self._versions.token is not self._seen:
+        if self._flag[0]:
             self._refresh()
         return self._data[key]
 
     def __contains__(self, key: object) -> bool:
-        if self._versions.token is not self._seen:
+        if self._flag[0]:
             self._refresh()
         return key in self._data
 
@@ -449,12 +966,6 @@ class SnapshotReader(Mapping[K, V]):
     def snapshot(self) -> Snapshot[K, V]:
         """The map's current snapshot (as SnapshotMap.snapshot)."""
         return self._map.snapshot()
-
-
-def _frozen_items(content: Any, kwargs: Mapping[str, Any]) -> dict[Any, Any]:
-    items = dict(content.items() if isinstance(content, Mapping) else content)
-    items.update(kwargs)
-    return {k: freeze(v) for k, v in items.items()}
 
 
 def _rebuild(content: dict[Any, Any], history: int | None) -> SnapshotMap[Any, Any]:

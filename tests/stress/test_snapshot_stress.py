@@ -112,3 +112,66 @@ def test_per_thread_readers_never_read_older_than_a_finished_publish(ftmap_seed:
 
     run_threads(lambda t, rng: write() if t == 0 else read(t), threads=3, seed=ftmap_seed)
     assert m["v"] == 5_000
+
+
+def test_a_new_reader_is_never_older_than_a_finished_publish(ftmap_seed: int) -> None:
+    # Readers register their stale flag and take their first copy under the writer lock:
+    # no publish can fall between the two, however they race.
+    m: SnapshotMap[str, int] = SnapshotMap(v=0)
+    finished = [0]
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            for i in range(1, 3_001):
+                m.replace({"v": i})
+                finished[0] = i
+        finally:
+            done.set()
+
+    def make_readers(thread: int) -> int:
+        made = 0
+        while not done.is_set() or made < 200:
+            floor = finished[0]
+            reader = m.reader()
+            for _ in range(3):
+                assert reader["v"] >= floor, f"a new reader read {reader['v']} after {floor} was published"
+                floor = finished[0]
+            made += 1
+        return made
+
+    run_threads(lambda t, rng: write() if t == 0 else make_readers(t), threads=3, seed=ftmap_seed)
+    assert not m._readers or all(len(flag) == 1 for flag in m._readers.values())
+
+
+def test_subscribing_and_unsubscribing_while_others_publish_gives_contiguous_versions(
+    ftmap_seed: int,
+) -> None:
+    m: SnapshotMap[str, int] = SnapshotMap()
+    done = threading.Event()
+
+    def write(thread: int) -> None:
+        try:
+            for i in range(2_000):
+                m[f"{thread}"] = i
+        finally:
+            done.set()
+
+    def subscribe_often(thread: int) -> int:
+        rounds = 0
+        while not done.is_set() or rounds < 50:
+            records: list[Change] = []
+            unsubscribe = m.subscribe(records.append)
+            subscribed_at = m.version
+            for _ in range(50):
+                m.get("0")
+            unsubscribe()
+            versions = [c.new.version for c in records]
+            if versions:
+                assert versions == list(range(versions[0], versions[-1] + 1)), "a version was skipped"
+                assert versions[0] <= subscribed_at + 1, f"from {versions[0]}, subscribed at {subscribed_at}"
+            rounds += 1
+        return rounds
+
+    run_threads(lambda t, rng: write(t) if t < 2 else subscribe_often(t), threads=3, seed=ftmap_seed)
+    assert m.flush() and m.version == 1 + 2 * 2_000

@@ -191,3 +191,21 @@ def test_a_reader_made_in_another_thread_reads_the_same_map() -> None:
     worker.start()
     worker.join(10)
     assert got == [1]
+
+
+def test_history_versions_are_contiguous_and_end_with_the_current_version() -> None:
+    m: SnapshotMap[str, int] = SnapshotMap(a=0, history=4)
+    for i in range(1, 8):
+        m["a"] = i
+        versions = m.history_versions()
+        assert versions[-1] == m.version and versions == list(range(versions[0], m.version + 1))
+    assert len(m.history_versions()) == 4
+
+
+def test_flush_with_nothing_pending_returns_true_and_bad_subscribers_are_refused() -> None:
+    m: SnapshotMap[str, int] = SnapshotMap()
+    assert m.flush()
+    with pytest.raises(TypeError, match="callable"):
+        m.subscribe(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="at most 2 arguments"):
+        m.pop("a", 1, 2)
