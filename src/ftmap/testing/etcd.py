@@ -290,6 +290,7 @@ class EtcdCluster:
         self.token = f"ftmap-{os.getpid()}-{next(self._tokens)}-{uuid.uuid4().hex[:8]}"
         self.tls: TLSFiles | None = make_tls_files(self.base_dir / "tls") if tls else None
         self.members: list[EtcdMember] = []
+        self.credentials: tuple[str, str] | None = None  # set by enable_auth; used by the health checks
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -321,16 +322,19 @@ class EtcdCluster:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _stop_members(self) -> None:
+    def _stop_members(self, grace: float = 1.0) -> None:
+        # SIGTERM to all at once, SIGKILL after ``grace``: members stopping together wait on each
+        # other (a stopping leader tries to hand its leadership over), and the data is thrown away.
         for member in self.members:
             if member.running and member.process is not None:
                 member.resume()
                 member.process.terminate()
+        deadline = time.monotonic() + grace
         for member in self.members:
-            member.stop()
+            member.stop(max(0.01, deadline - time.monotonic()))
 
     def stop(self) -> None:
-        """Stop every member (SIGTERM, then SIGKILL) and remove the data directories."""
+        """Stop every member (SIGTERM, then SIGKILL after a second) and remove the data directories."""
         self._stop_members()
         if self._owns_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
@@ -367,7 +371,12 @@ class EtcdCluster:
             if not member.running:
                 raise RuntimeError(f"etcd member {member.name} exited:\n{member.log_tail()}")
             try:
-                with self.client([member], timeout=1.0) as client:
+                auth = (
+                    {"username": self.credentials[0], "password": self.credentials[1]}
+                    if self.credentials
+                    else {}
+                )
+                with self.client([member], timeout=1.0, **auth) as client:
                     status = client.status(member.client_url)
                     if status.leader:
                         client.range("ftmap-health-check", timeout=1.0)
@@ -428,3 +437,4 @@ class EtcdCluster:
             client.call("/v3/auth/role/add", {"name": "root"})
             client.call("/v3/auth/user/grant", {"user": user, "role": "root"})
             client.call("/v3/auth/enable", {})
+        self.credentials = (user, password)
