@@ -857,6 +857,7 @@ class EtcdClient:
                 if not _should_fail_over(error):
                     raise
                 if mutation and "no leader" not in str(error):
+                    self.avoid(target.url)  # the caller's retry goes elsewhere first
                     raise EtcdUnavailableError(
                         f"{target.url}{path}: {error}; the write may have been applied",
                         errors=[*errors, error],
@@ -867,6 +868,7 @@ class EtcdClient:
                 continue
             except OSError as error:  # reset, timed out, closed mid-response
                 if mutation:
+                    self.avoid(target.url)  # the caller's retry goes elsewhere first
                     raise EtcdUnavailableError(
                         f"{target.url}{path}: {type(error).__name__}: {error}; "
                         "the write may have been applied",
