@@ -403,8 +403,11 @@ class EtcdSource:
                 endpoint,
                 time.monotonic() - was.disconnected_since,
             )
-            if state is not None:
-                feed.offer(self._load_of(state))  # the current revision: ends the outage on status
+        if state is not None:
+            # The state the watch resumes from, offered again: after an outage this ends it on
+            # status ("current"); and should an earlier offer of it have been cut short (an
+            # exception out of watch), it is published now instead of being skipped.
+            feed.offer(self._load_of(state))
 
     def _disconnected(self, feed: Feed, error: BaseException) -> None:
         with self._lock:

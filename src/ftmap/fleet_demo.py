@@ -135,6 +135,7 @@ class FleetResult:
     latency_median_ms: float
     latency_p99_ms: float
     latency_max_ms: float  # the slowest process on its slowest revision: how far behind it was
+    slowest_transaction: int  # which transaction that was (1-based)
     read_ns: float
     reconnects: int
     resyncs: int
@@ -277,6 +278,7 @@ def _summarise(
     sent = dict(committed)
     wanted = [revision for revision, _ in committed]
     latencies: list[float] = []
+    slowest = (float("-inf"), 0)
     exact = True
     for result in results:
         seen = [revision for revision, _ in result["published"] if revision in sent]
@@ -286,6 +288,8 @@ def _summarise(
             if revision in sent:
                 ms = (at - sent[revision]) / 1e6
                 latencies.append(ms)
+                if ms >= slowest[0]:
+                    slowest = (ms, revision)
     return FleetResult(
         variant=variant,
         rate=rate,
@@ -299,6 +303,7 @@ def _summarise(
         latency_median_ms=statistics.median(latencies) if latencies else float("nan"),
         latency_p99_ms=statistics.quantiles(latencies, n=100)[98] if len(latencies) > 1 else float("nan"),
         latency_max_ms=max(latencies, default=float("nan")),
+        slowest_transaction=wanted.index(slowest[1]) + 1 if slowest[1] in wanted else 0,
         read_ns=statistics.median(r["read_ns"] for r in results),
         reconnects=sum(r["reconnects"] for r in results),
         resyncs=sum(r["resyncs"] for r in results),
@@ -323,9 +328,9 @@ def table(results: Sequence[FleetResult]) -> str:
             f"{r.read_ns / 1000:.2f} µs |"
         )
     notes = [
-        f"- {r.variant}: {'; '.join(r.faults)}; reconnects {r.reconnects}, resyncs {r.resyncs}"
+        f"- {r.variant}: the slowest publish was of transaction {r.slowest_transaction}"
+        + (f"; {'; '.join(r.faults)}; reconnects {r.reconnects}, resyncs {r.resyncs}" if r.faults else "")
         for r in results
-        if r.faults
     ]
     return "\n".join(lines + (["", *notes] if notes else []))
 
@@ -382,11 +387,13 @@ def fault_timings() -> list[tuple[str, str, float]]:  # noqa: PLR0915  (one faul
             lambda: source.etcd_status.connected and source.etcd_status.endpoint != leader.client_url
         )
         revision = _put_retrying(client, prefix + "k", "1")
-        _timed_until(lambda: published(watcher, revision))
+        committed = time.monotonic()
+        published_after = _timed_until(lambda: published(watcher, revision))
         rows.append(("leader killed (SIGKILL)", "kill -> watching another member", moved))
         rows.append(
-            ("leader killed (SIGKILL)", "kill -> the next write published", time.monotonic() - killed)
+            ("leader killed (SIGKILL)", "kill -> the next write committed (the election)", committed - killed)
         )
+        rows.append(("leader killed (SIGKILL)", "that commit -> published", published_after))
         watcher.stop()
         leader.restart()
 
@@ -397,6 +404,10 @@ def fault_timings() -> list[tuple[str, str, float]]:  # noqa: PLR0915  (one faul
         restarted = time.monotonic()
         for member in cluster.members:
             member.start()
+        cluster.wait_healthy()
+        rows.append(
+            ("whole cluster stopped, restarted", "members started -> cluster healthy", since(restarted))
+        )
         _timed_until(lambda: source.etcd_status.connected)
         rows.append(
             ("whole cluster stopped, restarted", "members started -> watching again", since(restarted))
@@ -429,13 +440,16 @@ def fault_timings() -> list[tuple[str, str, float]]:  # noqa: PLR0915  (one faul
         hung = cluster.members[1]
         watcher, source = source_on(hung, [m for m in cluster.members if m is not hung])
         hung.pause()
-        paused = time.monotonic()
         try:
-            revision = _put_retrying(client, prefix + "k", "99")
-            _timed_until(lambda: published(watcher, revision))
-            rows.append(
-                (f"a hung member (SIGSTOP), {knobs}", "hang -> the next write published", since(paused))
+            hang = f"a hung member (SIGSTOP), {knobs}"
+            left = _timed_until(
+                lambda: source.etcd_status.connected and source.etcd_status.endpoint != hung.client_url
             )
+            rows.append((hang, "hang -> watching another member (idle_timeout + one status timeout)", left))
+            revision = _put_retrying(client, prefix + "k", "99")
+            committed = time.monotonic()
+            _timed_until(lambda: published(watcher, revision))
+            rows.append((hang, "the next write committed -> published", since(committed)))
             # stop() while its requests hang.
             watcher2, _ = source_on(cluster.members[2])
             started = time.monotonic()
