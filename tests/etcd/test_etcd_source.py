@@ -506,3 +506,31 @@ def test_many_threads_read_while_revisions_publish(
     for thread in threads:
         thread.join(10)
     assert torn == [] and min(reads) > 0
+
+
+def test_reload_racing_the_watch_never_publishes_an_older_revision(
+    etcd1: EtcdCluster, prefix: str, store: SnapshotMap[str, Any]
+) -> None:
+    """reload() on other threads while the watch applies revisions: never back in time, never twice."""
+    client = etcd1.client()
+    commit(client, prefix, 0)
+    watcher, published, errors = watch(store, EtcdSource(etcd1.endpoints, prefix))
+    done = threading.Event()
+
+    def reload_loop() -> None:
+        while not done.is_set():
+            watcher.reload()
+
+    reloaders = [threading.Thread(target=reload_loop) for _ in range(2)]
+    with watcher:
+        for thread in reloaders:
+            thread.start()
+        committed = [commit(client, prefix, i) for i in range(1, 41)]
+        wait(watcher, lambda s: s.revision == committed[-1])
+        done.set()
+        for thread in reloaders:
+            thread.join(10)
+    revisions = published.revisions()
+    assert revisions == sorted(set(revisions)), revisions  # strictly increasing: no repeat, no going back
+    assert set(revisions[1:]) <= set(committed) and revisions[-1] == committed[-1]
+    assert all(sum(change.new.values()) == TOTAL for change in published.changes) and errors == []
