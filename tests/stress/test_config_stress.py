@@ -59,3 +59,47 @@ def test_readers_never_see_a_torn_or_invalid_config_during_reloads(tmp_path: Pat
         assert watcher.wait_for(lambda s: watcher.store.get("a") == 300, timeout=10), watcher.status
     assert watcher.status.reloads >= 2
     assert all(isinstance(e, ParseError | ValidationError) for e in errors)
+
+
+def test_racing_reloads_never_publish_an_older_file_over_a_newer_one(tmp_path: Path, ftmap_seed: int) -> None:
+    # Issue 13, break 10: reload() calls racing each other published an older read over a newer one.
+    # Here every publish is checked: the counter the store holds must never go down.
+    path = tmp_path / "app.json"
+    path.write_text(json.dumps({"n": 0}))
+    slow = threading.local()
+
+    def validate(config: dict[str, int]) -> None:
+        rng = getattr(slow, "rng", None)
+        if rng is None:
+            rng = slow.rng = random.Random(ftmap_seed + threading.get_ident())
+        if rng.random() < 0.2:
+            time.sleep(rng.random() * 0.003)  # a slow validator widens the race: the scenario
+
+    store: SnapshotMap[str, int] = SnapshotMap()
+    watcher = ConfigWatcher(store, path, validate=validate, quiet=0.0005, max_delay=5.0)
+    seen: list[int] = []
+    store.subscribe(lambda change: seen.append(change.new["n"]))
+    done = threading.Event()
+    final = 400
+
+    def work(thread: int, rng: random.Random) -> int:
+        if thread == 0:
+            try:
+                for n in range(1, final + 1):
+                    temporary = path.with_name(f"app.{n}.tmp")
+                    temporary.write_text(json.dumps({"n": n}))
+                    os.replace(temporary, path)
+            finally:
+                done.set()
+            return 0
+        reloads = 0
+        while not done.is_set():
+            watcher.reload()
+            reloads += 1
+        return reloads
+
+    run_threads(work, threads=4, seed=ftmap_seed)
+    watcher.reload()
+    assert store["n"] == final
+    assert seen == sorted(seen), "an older file was published over a newer one"
+    assert len(seen) == len(set(seen))

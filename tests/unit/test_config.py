@@ -8,8 +8,10 @@ chunked-write test are part of the scenario, not synchronisation.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -30,6 +32,9 @@ from ftmap import (
     ValidationError,
     parse_config,
 )
+from ftmap._config import ConfigLimitError, ConfigLimits
+from ftmap._config_parse import check_structure
+from tests.threads import within
 
 pytestmark = pytest.mark.thread_unsafe(reason="files, watcher threads and timing")
 
@@ -313,3 +318,131 @@ def test_an_unknown_backend_is_refused(tmp_path: Path) -> None:
     (tmp_path / "app.json").write_text("{}")
     with pytest.raises(ValueError, match="backend must be"):
         ConfigWatcher(SnapshotMap(), tmp_path / "app.json", backend="inotify")
+
+
+# -- limits, status and the watcher's own contract -----------------------------------------------
+
+
+def test_config_limits_are_checked() -> None:
+    for bad in (0, -1, True, 1.5, "10"):
+        with pytest.raises(ValueError, match="max_depth must be an int >= 1"):
+            ConfigLimits(max_depth=bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="limits must be a ConfigLimits"):
+        ConfigWatcher(SnapshotMap(), "app.json", limits={"max_depth": 3})  # type: ignore[arg-type]
+
+
+def test_parse_config_refuses_what_exceeds_the_limits() -> None:
+    small = ConfigLimits(max_bytes=20, max_depth=3, max_nodes=10, max_aliases=2)
+    with pytest.raises(ConfigLimitError) as raised:
+        parse_config(b'{"a": "' + b"x" * 20 + b'"}', "json", limits=small)
+    assert raised.value.limit == "max_bytes" and raised.value.maximum == 20
+    assert parse_config(b'{"a": [[1]]}', "json", limits=small) == {"a": [[1]]}
+    with pytest.raises(ConfigLimitError, match="max_depth=3"):
+        parse_config(b'{"a": [[[1]]]}', "json", limits=small)
+    with pytest.raises(ConfigLimitError, match="max_nodes=10"):
+        parse_config(b'{"a": [' + b"0," * 9 + b"0]}", "json", limits=ConfigLimits(max_nodes=10))
+    with pytest.raises(ConfigLimitError, match="max_depth"):
+        parse_config(b"a = " + b"[" * 5000 + b"]" * 5000, "toml")  # tomllib recurses per level
+    error = pickle.loads(pickle.dumps(raised.value))
+    assert (type(error), error.limit, error.maximum, str(error)) == (
+        ConfigLimitError,
+        "max_bytes",
+        20,
+        str(raised.value),
+    )
+
+
+def test_check_structure_is_bounded_on_shared_and_cyclic_values() -> None:
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    with pytest.raises(ConfigLimitError, match="max_depth"):
+        check_structure({"a": cyclic}, ConfigLimits())
+    shared: Any = ["x"] * 10
+    for _ in range(30):  # 10**30 nodes if expanded: counting stops at the limit
+        shared = [shared] * 10
+    with pytest.raises(ConfigLimitError, match="max_nodes"):
+        check_structure({"a": shared}, ConfigLimits(max_depth=100))
+
+
+def test_yaml_anchors_and_merges_within_the_limits_load() -> None:
+    pytest.importorskip("yaml")
+    text = b"defaults: &d {retries: 3, timeout: 5}\nprod: {<<: *d, timeout: 9}\nlist: [*d, *d]\n"
+    assert parse_config(text, "yaml") == {
+        "defaults": {"retries": 3, "timeout": 5},
+        "prod": {"retries": 3, "timeout": 9},
+        "list": [{"retries": 3, "timeout": 5}] * 2,
+    }
+    with pytest.raises(ConfigLimitError, match="max_aliases=2"):
+        parse_config(text, "yaml", limits=ConfigLimits(max_aliases=2))
+    with pytest.raises(ParseError, match="recursive YAML alias"):
+        parse_config(b"a: &a {b: *a}\n", "yaml")
+
+
+def test_status_revision_and_the_version_it_was_published_as(tmp_path: Path) -> None:
+    path = tmp_path / "app.json"
+    path.write_text('{"a": 1}')
+    watcher, _ = watch(path)
+    with watcher:
+        write_atomically(path, '{"a": 2}')
+        settled(watcher, reloads=2)
+    status = watcher.status
+    assert status.revision == hashlib.sha256(b'{"a": 2}').hexdigest()
+    assert watcher.revision_of(status.version) == status.revision
+    assert watcher.revision_of(status.version - 1) == hashlib.sha256(b'{"a": 1}').hexdigest()
+    assert watcher.revision_of(999) is None
+    assert status.current_error is None and status.stopped and not status.running
+
+
+def test_start_stop_contract(tmp_path: Path) -> None:
+    path = tmp_path / "app.json"
+    path.write_text('{"a": 1}')
+    never_started = ConfigWatcher(SnapshotMap(), path, **FAST)
+    assert never_started.stop() is True and never_started.stop() is True
+    watcher = ConfigWatcher(SnapshotMap(), path, **FAST)
+    assert watcher.start() is watcher.start() and watcher.status.running  # idempotent
+    assert watcher.stop() is True and not watcher.status.running
+    with pytest.raises(RuntimeError, match="make a new one"):
+        watcher.start()
+    write_atomically(path, '{"a": 2}')
+    assert not watcher.reload() and watcher.store == {"a": 1}
+
+
+def test_a_subscriber_that_reloads_is_refused_not_deadlocked(tmp_path: Path) -> None:
+    path = tmp_path / "app.json"
+    path.write_text('{"a": 1}')
+    store: SnapshotMap[str, Any] = SnapshotMap()
+    watcher = ConfigWatcher(store, path, **FAST)
+    refused: list[BaseException] = []
+
+    def reload_inside(change: Any) -> None:
+        try:
+            watcher.reload()
+        except RuntimeError as error:
+            refused.append(error)
+
+    store.subscribe(reload_inside)
+    write_atomically(path, '{"a": 2}')
+    assert within(10, watcher.reload) is True
+    assert store == {"a": 2} and "would deadlock" in str(refused[0])
+
+
+def test_file_options_are_checked(tmp_path: Path) -> None:
+    (tmp_path / "app.json").write_text("{}")
+    for option in ("interval", "quiet", "max_delay"):
+        with pytest.raises(ValueError, match=f"{option} must be a number of seconds"):
+            ConfigWatcher(SnapshotMap(), tmp_path / "app.json", **{option: -1})
+
+
+def test_a_rollback_stays_until_the_file_changes(tmp_path: Path) -> None:
+    path = tmp_path / "app.json"
+    path.write_text('{"a": 1}')
+    store: SnapshotMap[str, Any] = SnapshotMap()
+    watcher = ConfigWatcher(store, path, **FAST)
+    first = store.version
+    write_atomically(path, '{"a": 2}')
+    assert watcher.reload() and store == {"a": 2}
+    rolled_back = store.rollback(first)
+    assert not watcher.reload() and store == {"a": 1}  # the file has not changed: kept
+    assert watcher.revision_of(rolled_back) is None
+    write_atomically(path, '{"a": 3}')
+    assert watcher.reload() and store == {"a": 3}
