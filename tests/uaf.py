@@ -7,7 +7,8 @@ readers check that every object they get is of the right type and holds consiste
 ``hammer`` runs real threads behind a barrier for a given time; every worker's exception is
 collected. ``python -m tests.uaf naive|safe [seconds]`` runs the ftmap._core._PublishedRef
 version in a fresh process and prints one line of counts: the stress test runs the deliberately
-naive reader this way, because a use after free may crash the process instead of being counted.
+naive reader this way, because a use after free may crash the process (or corrupt the heap until
+a thread spins forever) instead of being counted.
 """
 
 from __future__ import annotations
@@ -92,7 +93,13 @@ def hammer(
 
 
 def published_ref_hammer(
-    core: Any, *, naive: bool, python_readers: bool, seconds: float, stop_on_bad: bool = False
+    core: Any,
+    *,
+    naive: bool,
+    python_readers: bool,
+    seconds: float,
+    stop_on_bad: bool = False,
+    timeout: float = 60.0,
 ) -> HammerResult:
     """ftmap._core._PublishedRef holding _Payloads: writers publish fresh payloads (churning
     the allocator so freed blocks come back as other objects), readers load and check them."""
@@ -132,6 +139,7 @@ def published_ref_hammer(
         readers=2,
         seconds=seconds,
         stop_on_bad=stop_on_bad,
+        timeout=timeout,
     )
 
 
@@ -140,12 +148,21 @@ def main(argv: list[str]) -> int:
 
     mode, seconds = argv[0], float(argv[1]) if len(argv) > 1 else 10.0
     python_readers = len(argv) > 2 and argv[2] == "python"
+    # A corrupted heap can leave a thread spinning: give up on it after 10 s (an AssertionError,
+    # so the process exits non-zero) rather than the default minute.
     result = published_ref_hammer(
-        _core, naive=mode == "naive", python_readers=python_readers, seconds=seconds, stop_on_bad=True
+        _core,
+        naive=mode == "naive",
+        python_readers=python_readers,
+        seconds=seconds,
+        stop_on_bad=True,
+        timeout=10.0,
     )
+    first_error = repr(result.errors[0]) if result.errors else "none"
     print(
         f"reads={result.reads} writes={result.writes} bad={result.bad_count} "
-        f"seconds={result.seconds:.2f} errors={len(result.errors)} first={result.bad[:3]}",
+        f"seconds={result.seconds:.2f} errors={len(result.errors)} first={result.bad[:3]} "
+        f"first_error={first_error}",
         flush=True,
     )
     return 0
