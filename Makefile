@@ -82,12 +82,13 @@ $(GIL313_VENV)/.core: $(GIL313_VENV)/.installed $(CSRC)
 
 core: $(FT_VENV)/.core $(GIL313_VENV)/.core
 
-# Wheels only: the C maps must come as cp313t wheels, never built here.
+# Wheels only: the C maps must come as cp313t wheels, never built here. ftmap's own C core is
+# built in place like .venv-ft's (the same flags: both venvs share src/ftmap/_core.*.so).
 $(BENCH_VENV)/.installed: pyproject.toml ci/constraints.txt ci/free-threaded-python
 	rm -rf $(BENCH_VENV)
 	"$$(ci/free-threaded-python)" -m venv $(BENCH_VENV)
 	$(BENCH) -m pip install $(PIP_FLAGS) setuptools
-	$(BENCH) -m pip install $(PIP_FLAGS) --only-binary=:all: --no-build-isolation -e '.[bench]'
+	$(DEV_BUILD) $(BENCH) -m pip install $(PIP_FLAGS) --only-binary=:all: --no-build-isolation -e '.[bench]'
 	touch $@
 
 # ruff, ruff format and mypy --strict on the Python; the C is compiled with warnings as errors
@@ -159,4 +160,4 @@ bench-bars: $(FT_VENV)/.core
 
 clean:
 	rm -rf $(FT_VENV) $(GIL_VENV) $(GIL313_VENV) $(TSAN_VENV) $(WHEEL_VENV) $(BENCH_VENV) build dist \
-	       src/*.egg-info src/ftmap/*.so src/ftmap/_core_build_failure.txt
+	       src/*.egg-info src/ftmap/*.so src/ftmap/_core_build_failure*.txt

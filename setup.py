@@ -2,8 +2,8 @@
 
 - Only CPython 3.13 and newer (free-threaded and default builds) get the extension. Anywhere
   else, or when it fails to compile (no compiler, missing headers), the install still succeeds
-  with the pure-Python maps, and the reason is recorded in ftmap/_core_build_failure.txt, where
-  ftmap._impl finds it and reports it (ftmap.implementation_reason).
+  with the pure-Python maps, and the reason is recorded in ftmap/_core_build_failure<ABI>.txt,
+  where ftmap._impl finds it and reports it (ftmap.implementation_reason).
 - The wheel is never tagged pure (py3-none-any), even when the C core was skipped: a pure wheel
   built on 3.11 must not be reused from pip's cache by a 3.13 install, which should compile.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import sysconfig
 import traceback
 from pathlib import Path
 
@@ -27,7 +28,11 @@ from setuptools.command.build_ext import build_ext
 from setuptools.dist import Distribution
 
 HERE = Path(__file__).resolve().parent
-FAILURE_FILE = "_core_build_failure.txt"
+# One record per interpreter ABI (".cpython-313t-x86_64-linux-gnu"): several interpreters share
+# src/ftmap in editable installs, and one's reason must never be reported by another.
+FAILURE_FILE = (
+    "_core_build_failure" + os.path.splitext(sysconfig.get_config_var("EXT_SUFFIX") or ".so")[0] + ".txt"
+)
 STRICT_WARNINGS = [
     "-Wall",
     "-Wextra",

@@ -112,11 +112,12 @@
  * any other code, and released only by m_clear/m_free: any thread may read it without a lock.
  *
  * Python classes that the C code raises or returns live in Python (src/ftmap/_errors.py,
- * src/ftmap/_markers.py) and are imported here at exec time. That import cannot cycle: importing
- * ftmap._errors or ftmap._markers runs ftmap/__init__.py first only if the package is not yet
- * imported, and ftmap/__init__.py imports ftmap._impl, which imports this module lazily (inside a
- * function, after those two modules are importable); the submodules themselves import nothing
- * from ftmap. tests/unit/test_core_module.py imports _core first, last and alone to keep it so.
+ * src/ftmap/_markers.py) and are imported here at exec time. That cannot cycle: ftmap/__init__.py
+ * imports ftmap._impl, which imports this module; its exec then imports ftmap._errors and
+ * ftmap._markers, submodules of the (partly initialised) ftmap package that import nothing from
+ * ftmap themselves. Importing ftmap._core first runs ftmap/__init__.py first, which is the same
+ * path. tests/unit/test_core_module.py imports them in every order. A new state object imported
+ * from Python must come from a module with the same property (or be looked up lazily).
  *
  * To add an object: one X(name) line below, then set st->name in your part's exec function.
  * Types are stored as PyObject * (cast with (PyTypeObject *) where needed) so that traverse and

@@ -148,8 +148,9 @@ typedef struct {
 
 #if FTMAP_FREE_THREADED
 
-#  if PY_VERSION_HEX >= 0x030E0000
-/* 3.14+: the public (unstable-tier) API, documented in Doc/c-api/object.rst. */
+#  if PY_VERSION_HEX >= 0x030E00A5
+/* 3.14+ (added in 3.14.0a5): the public (unstable-tier) API, documented in
+ * Doc/c-api/object.rst. */
 static inline int
 ftmap_try_incref(PyObject *op)
 {

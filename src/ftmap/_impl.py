@@ -33,6 +33,7 @@ import importlib
 import os
 import platform
 import sys
+import sysconfig
 from collections.abc import Callable, Collection, Container, Iterable, Mapping, MutableMapping, Sized
 from pathlib import Path
 from types import ModuleType
@@ -75,7 +76,10 @@ PURE: dict[str, str] = {
 # subclasses a C type from ftmap._core. That module is imported only where the C core imports.
 C_MODULES: dict[str, str] = {}
 
-_BUILD_FAILURE = Path(__file__).with_name("_core_build_failure.txt")
+# Written by setup.py when the C core was not built for this interpreter's ABI.
+_BUILD_FAILURE = Path(__file__).with_name(
+    "_core_build_failure" + os.path.splitext(sysconfig.get_config_var("EXT_SUFFIX") or ".so")[0] + ".txt"
+)
 
 
 def _import_core() -> ModuleType:
