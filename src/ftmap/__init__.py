@@ -6,8 +6,14 @@
 - ShardedMap: per-shard locks, atomic compound operations, no deadlocks.
 - SnapshotMap: immutable snapshots swapped by one reference store; ConfigWatcher
   keeps one equal to a configuration file.
+
+``implementation`` is "c" when the C core (ftmap._core) is in use, else "python";
+``implementation_reason`` says why (see ftmap._impl and docs/c-core.md).
 """
 
+from typing import TYPE_CHECKING
+
+from . import _impl
 from ._config import (
     ConfigError,
     ConfigWatcher,
@@ -25,12 +31,30 @@ from ._errors import (
     RecursiveUpdateError,
     ThreadInfo,
 )
-from ._fnv import fnv1_32, fnv1a_32, fnv1a_64
 from ._markers import DELETE, MISSING
-from ._sharded import ShardedMap
-from ._snapshot import Change, FrozenDict, Snapshot, SnapshotMap, SnapshotReader, freeze
-from ._sync import SyncMap, SyncMapStats
-from ._unsafe import UnsafeMap, race_log
+from ._snapshot import Change, FrozenDict, Snapshot, SnapshotReader, freeze
+from ._sync import SyncMapStats
+from ._unsafe import race_log
+
+# The C variant when implementation == "c" and the C core has it, else the pure-Python one
+# (which always stays importable from its own module). One line per name in _impl.PURE.
+if TYPE_CHECKING:
+    from ._fnv import fnv1_32, fnv1a_32, fnv1a_64
+    from ._sharded import ShardedMap
+    from ._snapshot import SnapshotMap
+    from ._sync import SyncMap
+    from ._unsafe import UnsafeMap
+else:
+    fnv1_32 = _impl.select("fnv1_32")
+    fnv1a_32 = _impl.select("fnv1a_32")
+    fnv1a_64 = _impl.select("fnv1a_64")
+    ShardedMap = _impl.select("ShardedMap")
+    SnapshotMap = _impl.select("SnapshotMap")
+    SyncMap = _impl.select("SyncMap")
+    UnsafeMap = _impl.select("UnsafeMap")
+
+implementation = _impl.implementation
+implementation_reason = _impl.implementation_reason
 
 __all__ = [
     "DELETE",
@@ -60,6 +84,8 @@ __all__ = [
     "fnv1a_32",
     "fnv1a_64",
     "freeze",
+    "implementation",
+    "implementation_reason",
     "parse_config",
     "race_log",
 ]
