@@ -45,7 +45,7 @@ TSAN_TESTS   ?= tests/stress/test_core_ref_stress.py
 CI_TSAN      ?= 1
 
 .PHONY: test lint test-ft test-ft-pure test-parallel test-parallel-pure test-gil test-gil313 \
-        tsan wheel core demo bench bench-quick bench-bars clean
+        tsan wheel core demo bench bench-quick bench-bars clean etcd fleet-demo
 
 test: lint test-ft test-ft-pure test-parallel test-parallel-pure test-gil test-gil313 \
       $(if $(filter 1,$(CI_TSAN)),tsan)
@@ -99,11 +99,11 @@ lint: $(GIL_VENV)/.installed
 	$(GIL_VENV)/bin/mypy
 
 # The whole suite, stress tests included, on the free-threaded build (GIL asserted off), C core.
-test-ft: $(FT_VENV)/.core
+test-ft: $(FT_VENV)/.core etcd
 	$(EXPECT_C) $(FT) $(PYTEST) tests
 
 # The whole suite again with the pure-Python maps (the reference implementation).
-test-ft-pure: $(FT_VENV)/.core
+test-ft-pure: $(FT_VENV)/.core etcd
 	$(EXPECT_PY) $(FT) $(PYTEST) tests
 
 # The unit tests again, each run by 4 threads at once (pytest-run-parallel), both implementations.
@@ -141,8 +141,16 @@ tsan: $(TSAN_VENV)/.installed
 wheel: $(FT_VENV)/.installed
 	ci/wheel-check "$$(ci/free-threaded-python)"
 
+# A real etcd for tests/etcd (Debian's etcd-server, installed when missing; its service never runs).
+etcd:
+	@ci/etcd-server >/dev/null
+
 demo: $(FT_VENV)/.core
 	$(FT) -m ftmap.scenarios
+
+# Processes watching one etcd prefix while a writer commits multi-key transactions.
+fleet-demo: $(FT_VENV)/.core etcd
+	$(FT) -m ftmap.fleet_demo --timings
 
 bench: $(BENCH_VENV)/.installed
 	$(BENCH) -m ftmap.bench --out docs/bench

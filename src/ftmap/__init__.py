@@ -5,7 +5,8 @@
 - SyncMap: Go's sync.Map (read map, dirty map, misses promotion), linearizable.
 - ShardedMap: per-shard locks, atomic compound operations, no deadlocks.
 - SnapshotMap: immutable snapshots swapped by one reference store; ConfigWatcher
-  keeps one equal to a configuration file.
+  keeps one equal to a configuration source: a file (FileSource) or an etcd prefix
+  (ftmap.etcd.EtcdSource).
 
 ``implementation`` is "c" when the C core (ftmap._core) is in use, else "python";
 ``implementation_reason`` says why (see ftmap._impl and docs/c-core.md).
@@ -14,15 +15,23 @@
 from typing import TYPE_CHECKING
 
 from . import _impl
-from ._config import (
+from ._config import ConfigWatcher, WatchStatus
+from ._config_errors import (
     ConfigError,
-    ConfigWatcher,
+    ConfigLimitError,
     EmptyConfigError,
+    NotRegularFileError,
     ParseError,
+    PublishError,
+    SourceError,
+    UnsettledError,
     ValidationError,
-    WatchStatus,
-    parse_config,
+    ValidatorError,
+    WatcherStoppedError,
 )
+from ._config_file import FileSource
+from ._config_parse import ConfigLimits, parse_config
+from ._config_source import ConfigSource, Feed, Load, StopSignal
 from ._errors import (
     ConcurrentIterationError,
     ConcurrentMapError,
@@ -35,6 +44,7 @@ from ._markers import DELETE, MISSING
 from ._snapshot import Change, FrozenDict, Snapshot, SnapshotReader, freeze
 from ._sync import SyncMapStats
 from ._unsafe import race_log
+from .etcd import EtcdClient, EtcdSource, EtcdSourceStatus
 
 # The C variant when implementation == "c" and the C core has it, else the pure-Python one
 # (which always stays importable from its own module). One line per name in _impl.PURE.
@@ -65,21 +75,37 @@ __all__ = [
     "ConcurrentReadWriteError",
     "ConcurrentWriteError",
     "ConfigError",
+    "ConfigLimitError",
+    "ConfigLimits",
+    "ConfigSource",
     "ConfigWatcher",
     "EmptyConfigError",
+    "EtcdClient",
+    "EtcdSource",
+    "EtcdSourceStatus",
+    "Feed",
+    "FileSource",
     "FrozenDict",
+    "Load",
+    "NotRegularFileError",
     "ParseError",
+    "PublishError",
     "RecursiveUpdateError",
     "ShardedMap",
     "Snapshot",
     "SnapshotMap",
     "SnapshotReader",
+    "SourceError",
+    "StopSignal",
     "SyncMap",
     "SyncMapStats",
     "ThreadInfo",
     "UnsafeMap",
+    "UnsettledError",
     "ValidationError",
+    "ValidatorError",
     "WatchStatus",
+    "WatcherStoppedError",
     "fnv1_32",
     "fnv1a_32",
     "fnv1a_64",

@@ -16,10 +16,6 @@ import pytest
 from ftmap.testing.etcd import EtcdCluster, EtcdNotFoundError
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "etcd: starts real etcd servers (ftmap.testing.etcd)")
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/tests/etcd/" in str(item.path).replace("\\", "/"):

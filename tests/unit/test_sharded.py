@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
+import os
 import pickle
 from collections.abc import Callable
 from typing import Any
@@ -70,6 +71,14 @@ FAMILIES: dict[str, list[Any]] = {
 }
 
 
+# str hashes (and so those of tuples holding one) change with every process's hash seed: for
+# those families p is a fresh uniform draw on each run, and make test runs these cases about
+# 40 times, so a 0.001 bar would fail one run in 25 by chance. A hasher that really clumps gives
+# p far below 1e-9 whatever the seed, so the seeded families use 1e-7: still able to fail, and
+# a false alarm about once in 250,000 runs. The int and float families are deterministic.
+SEEDED_FAMILIES = {"strings with a long common prefix", "tuples"}
+
+
 @pytest.mark.parametrize("family", FAMILIES, ids=str)
 @pytest.mark.parametrize("shards", [1, 2, 16, 32, 64, 1024])
 def test_default_hasher_spreads_keys_uniformly(family: str, shards: int) -> None:
@@ -78,7 +87,8 @@ def test_default_hasher_spreads_keys_uniformly(family: str, shards: int) -> None
     for key in FAMILIES[family]:
         counts[m.shard_index(key)] += 1
     if shards > 1:
-        assert chi_square_p(counts) >= 0.001, counts
+        alpha = 1e-7 if family in SEEDED_FAMILIES else 0.001
+        assert chi_square_p(counts) >= alpha, (counts, f"PYTHONHASHSEED={os.environ.get('PYTHONHASHSEED')}")
     assert sum(counts) == len(FAMILIES[family])
 
 
