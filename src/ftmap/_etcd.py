@@ -37,8 +37,15 @@ Consistency, revision by revision:
   endpoint tried). A watch silent for ``idle_timeout`` seconds is checked:
   the member is asked for its status (on a new connection, with the
   deadline); no answer means disconnected; an answer showing a newer store
-  revision than the stream has reported restarts the watch from the last
-  revision applied + 1 (a stream may be stalled while its member is fine).
+  revision than the stream is known to cover restarts the watch from the
+  last revision applied + 1 (a stream may be stalled while its member is
+  fine). A new watch is known to cover the revision the source had applied
+  when it opened it, not the store's revision its creation reports (the
+  events in between are still owed); each response it sends raises that;
+  a watch reopened by this check covers the revision the check found. So a
+  quiet prefix in an etcd that moves on elsewhere costs one status request
+  and one reopened watch per ``idle_timeout`` while etcd keeps moving, and
+  nothing once it stops.
   Progress notifications are asked for and count as signs of life, but
   never move the resume point: etcd 3.4 can send one before the events it
   covers (etcd issues 15220 and 20221).
@@ -112,7 +119,14 @@ class _State:
 
 
 class _Restart(Exception):
-    """The watch is to be reopened at once (no backoff): its stream went quiet while etcd moved on."""
+    """The watch is to be reopened at once (no backoff): its stream went quiet while etcd moved on.
+
+    ``revision``: the store revision the quiet check found, which the reopened watch covers.
+    """
+
+    def __init__(self, revision: int) -> None:
+        super().__init__(revision)
+        self.revision = revision
 
 
 class _Backoff:
@@ -258,7 +272,9 @@ class EtcdSource:
         """Follow the prefix until stop: see the module docstring for every fault."""
         backoff = _Backoff(self.backoff_initial, self.backoff_max)
         resync = False
+        restarted_at = 0  # the revision that restarted the watch just before (0: not a restart)
         while not feed.stopping():
+            covered, restarted_at = restarted_at, 0
             try:
                 if self._current() is None:
                     load = self.load(feed)
@@ -268,8 +284,9 @@ class EtcdSource:
                 if resync:
                     self._resync(feed)
                     resync = False
-                self._follow(feed, backoff)
-            except _Restart:
+                self._follow(feed, backoff, covered)
+            except _Restart as restart:
+                restarted_at = restart.revision
                 continue
             except EtcdCompactedError as error:
                 log.warning("etcd source %s: %s; reading the whole prefix again", self.describe(), error)
@@ -310,8 +327,13 @@ class EtcdSource:
         if changed:
             feed.offer(self._load_of(state))
 
-    def _follow(self, feed: Feed, backoff: _Backoff) -> None:
-        """Open a watch from the state's revision + 1 and apply what it says, until stop or a failure."""
+    def _follow(self, feed: Feed, backoff: _Backoff, covered: int = 0) -> None:
+        """Open a watch from the state's revision + 1 and apply what it says, until stop or a failure.
+
+        ``covered``: a store revision this watch is known to cover although it has not said so
+        (the one a quiet check found before restarting it: the restarted watch replays from
+        the state's revision + 1 whatever came before it).
+        """
         state = self._current()
         assert state is not None
         watch = self.client.watch(
@@ -323,8 +345,13 @@ class EtcdSource:
         try:
             self._connected(feed, watch.endpoint)
             backoff.reset()
-            assert watch.created is not None
-            seen = watch.created.revision  # the newest store revision the stream has told of
+            # seen: the newest store revision the stream is known to have delivered everything
+            # up to. Not the created response's revision: that is the store's revision when the
+            # watch was made, and a watch made behind it (etcd moved on since the state's
+            # revision) still owes the events in between; if its stream stalled before sending
+            # them, a check against the created revision would never notice unless etcd moved on
+            # again. So: the state's revision, raised by every response and by ``covered``.
+            seen = max(state.revision, covered)
             pending: list[Event] = []  # the events of a fragmented response, until its last part
             while not feed.stopping():
                 response = watch.read(self.idle_timeout)
@@ -351,7 +378,7 @@ class EtcdSource:
         if status.revision > seen:
             with self._lock:
                 self._set_status_locked(replace(self._status, restarts=self._status.restarts + 1))
-            raise _Restart
+            raise _Restart(status.revision)
 
     def _apply(self, feed: Feed, events: Sequence[Event]) -> None:
         """Apply the events revision by revision, offering each revision's whole state once."""

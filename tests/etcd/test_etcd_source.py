@@ -374,6 +374,31 @@ def test_a_quiet_watch_is_checked_and_restarted_when_etcd_moved_on(
     assert published.revisions() == [first, later]
 
 
+def test_a_watch_opened_after_etcd_moved_on_is_checked_against_what_it_delivered(
+    etcd1: EtcdCluster, prefix: str, store: SnapshotMap[str, Any]
+) -> None:
+    # etcd moves on between the initial load and the watch: the watch is created at the newer
+    # revision but owes the events since the load, so its silence is checked (and the watch
+    # restarted) as when etcd moves on after it opened. Before: the created response's
+    # revision counted as delivered, and a stream that stalled here was never checked.
+    client = etcd1.client()
+    first = client.put(prefix + "k", "1")
+    source = EtcdSource(etcd1.endpoints, prefix, idle_timeout=0.2)
+    watcher, published, _ = watch(store, source)
+    moved = client.put(prefix[:-1] + "-elsewhere/k", "x")
+    with watcher:
+        assert source.wait_for(lambda e: e.restarts >= 1, 10)
+        # The restarted watch covers the revision the check found: with etcd still, the checks
+        # (every 0.2 s) find nothing newer and restart nothing. A watch that counted only what
+        # it delivered would restart at every check here, for as long as the prefix is quiet.
+        restarts = source.etcd_status.restarts
+        assert not source.wait_for(lambda e: e.restarts > restarts, 1.0)
+        assert client.status(etcd1.endpoints[0]).revision == moved
+        later = client.put(prefix + "k", "2")
+        wait(watcher, lambda s: s.revision == later)
+    assert published.revisions() == [first, later]
+
+
 def test_reload_publishes_nothing_when_the_prefix_did_not_change(
     etcd1: EtcdCluster, prefix: str, store: SnapshotMap[str, Any]
 ) -> None:
