@@ -62,11 +62,20 @@ def watch(path: Path, **options: Any) -> tuple[ConfigWatcher, list[Exception]]:
     return watcher.start(), errors
 
 
-def settled(watcher: ConfigWatcher, reloads: int = -1, failures: int = -1) -> None:
-    def done(status: Any) -> bool:
-        return (reloads < 0 or status.reloads >= reloads) and (failures < 0 or status.failures >= failures)
+def settled(
+    watcher: ConfigWatcher, reloads: int = -1, failures: int = -1, errors: list[Exception] | None = None
+) -> None:
+    """Wait for the counts on status; with ``errors`` (the on_error list), for that many reports
+    there too: on_error runs after the status records a failure, so the status alone is early."""
 
-    assert watcher.wait_for(done, timeout=10), watcher.status
+    def done(status: Any) -> bool:
+        return (
+            (reloads < 0 or status.reloads >= reloads)
+            and (failures < 0 or status.failures >= failures)
+            and (errors is None or len(errors) >= failures)
+        )
+
+    assert watcher.wait_for(done, timeout=10), (watcher.status, errors)
 
 
 # -- formats -------------------------------------------------------------------------------
@@ -173,7 +182,7 @@ def test_invalid_toml_keeps_the_last_good_config(tmp_path: Path, backend: str) -
     watcher, errors = watch(path, backend=backend)
     with watcher:
         write_atomically(path, "name = \n")
-        settled(watcher, failures=1)
+        settled(watcher, failures=1, errors=errors)
         assert watcher.store == {"name": "ok"}
         assert isinstance(errors[0], ParseError) and "invalid toml" in str(errors[0])
         assert watcher.status.last_error is errors[0] and watcher.status.last_error_time is not None
@@ -191,7 +200,7 @@ def test_validator_rejection(tmp_path: Path, backend: str) -> None:
     watcher, errors = watch(path, backend=backend, validate=validate)
     with watcher:
         write_atomically(path, '{"port": -1}')
-        settled(watcher, failures=1)
+        settled(watcher, failures=1, errors=errors)
         assert watcher.store == {"port": 80}
         assert isinstance(errors[0], ValidationError) and errors[0].errors == ["port must be positive"]
         write_atomically(path, '{"port": 8080}')

@@ -518,8 +518,10 @@ def test_a_slow_in_place_writer_is_never_published_half_written(
     first = complete(fmt, lambda i: -1)
     writer = slow_writer(path, fmt)
     assert writer.wait(60) == 0
-    assert w.watcher.wait_for(lambda s: w.store == complete(fmt), WAIT), w.watcher.status
-    assert w.published[-1] == complete(fmt)
+    # The subscriber gets the snapshot after readers can see it: wait for both.
+    assert w.watcher.wait_for(
+        lambda s: w.store == complete(fmt) and w.published[-1:] == [complete(fmt)], WAIT
+    ), w.watcher.status
     assert all(s in (first, complete(fmt)) for s in w.published), "a half-written file was published"
     assert all(isinstance(e, UnsettledError) for e in w.errors), w.errors
     stops_cleanly(w)
@@ -771,7 +773,10 @@ PERMISSION_SCRIPT = textwrap.dedent(
     watcher = ConfigWatcher(SnapshotMap(), path, on_error=errors.append, backend=backend,
                             interval=0.01, quiet=0.05, max_delay=1.0).start()
     os.chmod(path, 0)
-    assert watcher.wait_for(lambda s: isinstance(s.current_error, PermissionError), 10), watcher.status
+    # on_error runs after the status records the failure: wait for both.
+    assert watcher.wait_for(
+        lambda s: isinstance(s.current_error, PermissionError) and errors, 10
+    ), watcher.status
     assert isinstance(errors[-1], PermissionError) and watcher.status.last_error is errors[-1]
     assert watcher.store == {"v": 1} and watcher.status.running
     os.chmod(path, 0o644)
