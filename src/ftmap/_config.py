@@ -315,14 +315,12 @@ class ConfigWatcher:
 
     def wait_for(self, predicate: Callable[[WatchStatus], bool], timeout: float) -> bool:
         """Wait until predicate(status) holds (checked after every load or failure); False on timeout."""
-        deadline = time.monotonic() + timeout
+        # No loop inside the `with`: on CPython 3.13 a loop's back-edge there can fall outside
+        # the exception table (python/cpython#130279), and a KeyboardInterrupt delivered on it
+        # would leave _changed's lock held, blocking the watching thread's next notify for ever.
+        # Condition.wait_for loops in its own frame: an exception there leaves through this call.
         with self._changed:
-            while not predicate(self.status):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-        return True
+            return bool(self._changed.wait_for(lambda: predicate(self.status), timeout))
 
     def _changed_now(self) -> None:
         with self._changed:
@@ -573,25 +571,29 @@ class ConfigWatcher:
         return self
 
     def _run(self) -> None:
-        delay = 0.1
+        # The loop is in its own function: on CPython 3.13 a loop back-edge inside the `with`
+        # can fall outside the exception table (python/cpython#130279), and an asynchronous
+        # exception delivered there would end the thread without the abort being reported.
         with self._aborting_on_base_exceptions(reraise=False):
-            while not self._stopping.is_set():
-                progress = self._successes
-                try:
-                    self.source.watch(self._feed)
-                    return  # stopping, or the source has nothing more to watch
-                except Exception as error:
-                    if self._stopping.is_set():
-                        return
-                    log.debug("ConfigWatcher source %s raised", self.source.describe(), exc_info=True)
-                    self._source_failed(
-                        _as_reportable(error), ("watch raised", type(error).__name__, str(error))
-                    )
-                if self._successes != progress:
-                    delay = 0.1
-                if self._stopping.wait(delay):
+            self._watch_until_stopped()
+
+    def _watch_until_stopped(self) -> None:
+        delay = 0.1
+        while not self._stopping.is_set():
+            progress = self._successes
+            try:
+                self.source.watch(self._feed)
+                return  # stopping, or the source has nothing more to watch
+            except Exception as error:
+                if self._stopping.is_set():
                     return
-                delay = min(5.0, delay * 2)
+                log.debug("ConfigWatcher source %s raised", self.source.describe(), exc_info=True)
+                self._source_failed(_as_reportable(error), ("watch raised", type(error).__name__, str(error)))
+            if self._successes != progress:
+                delay = 0.1
+            if self._stopping.wait(delay):
+                return
+            delay = min(5.0, delay * 2)
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop watching: after stop() returns, nothing is ever published again.

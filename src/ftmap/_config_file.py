@@ -79,6 +79,19 @@ class _Look:
         )
 
 
+def _read_at_most(fd: int, most: int) -> bytes:
+    """Read from fd until its end or until ``most`` bytes have been read."""
+    chunks: list[bytes] = []
+    total = 0
+    while total < most:
+        chunk = os.read(fd, min(_CHUNK, most - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
 def _kind(mode: int) -> str:
     for test, name in (
         (stat.S_ISFIFO, "FIFO"),
@@ -163,19 +176,14 @@ class FileSource:
             limit = self.limits.max_bytes
             if info.st_size > limit:
                 raise ConfigLimitError("max_bytes", limit, f"{self.path} is {info.st_size} bytes")
-            chunks: list[bytes] = []
-            total = 0
-            while total <= limit:
-                chunk = os.read(fd, min(_CHUNK, limit + 1 - total))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                total += len(chunk)
-            if total > limit:
+            # The read loop is a function of its own: on CPython 3.13 a loop back-edge inside
+            # this `try` can fall outside the exception table (python/cpython#130279), and an
+            # asynchronous exception delivered there would skip the `finally` (a leaked fd).
+            data = _read_at_most(fd, limit + 1)
+            if len(data) > limit:
                 raise ConfigLimitError("max_bytes", limit, f"{self.path} grew past the limit while read")
         finally:
             os.close(fd)
-        data = b"".join(chunks)
         return _Look(info.st_size, info.st_mtime_ns, hashlib.sha256(data).hexdigest(), data, sequence)
 
     def _settle(self, feed: Feed, first: _Look) -> _Look | None:

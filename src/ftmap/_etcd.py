@@ -75,6 +75,7 @@ from ._etcd_client import (
     EtcdClosedError,
     EtcdCompactedError,
     EtcdError,
+    EtcdWatch,
     Event,
     prefix_range_end,
 )
@@ -219,14 +220,12 @@ class EtcdSource:
 
     def wait_for(self, predicate: Callable[[EtcdSourceStatus], bool], timeout: float) -> bool:
         """Wait until predicate(etcd_status) holds (checked at every change of it); False on timeout."""
-        deadline = time.monotonic() + timeout
+        # No loop inside the `with`: on CPython 3.13 a loop's back-edge there can fall outside
+        # the exception table (python/cpython#130279), and a KeyboardInterrupt delivered on it
+        # would leave _lock held, and the source stuck at its next status change.
+        # Condition.wait_for loops in its own frame: an exception there leaves through this call.
         with self._changed:
-            while not predicate(self._status_locked()):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-        return True
+            return bool(self._changed.wait_for(lambda: predicate(self._status_locked()), timeout))
 
     def _set_status_locked(self, status: EtcdSourceStatus) -> None:
         self._status = status
@@ -351,19 +350,10 @@ class EtcdSource:
             # revision) still owes the events in between; if its stream stalled before sending
             # them, a check against the created revision would never notice unless etcd moved on
             # again. So: the state's revision, raised by every response and by ``covered``.
-            seen = max(state.revision, covered)
-            pending: list[Event] = []  # the events of a fragmented response, until its last part
-            while not feed.stopping():
-                response = watch.read(self.idle_timeout)
-                if response is None:
-                    self._check_quiet_stream(watch.endpoint, seen)
-                    continue
-                seen = max(seen, response.revision)
-                pending.extend(response.events)
-                if response.fragment:
-                    continue
-                events, pending = pending, []
-                self._apply(feed, events)
+            # The loop is a function of its own: on CPython 3.13 a loop back-edge inside this
+            # `try` can fall outside the exception table (python/cpython#130279), and an
+            # asynchronous exception delivered there would skip the `finally` (a leaked watch).
+            self._read_watch(feed, watch, max(state.revision, covered))
         except EtcdCompactedError:
             raise
         except (EtcdError, OSError):
@@ -371,6 +361,25 @@ class EtcdSource:
             raise
         finally:
             watch.close()
+
+    def _read_watch(self, feed: Feed, watch: EtcdWatch, seen: int) -> None:
+        """Apply the watch's responses, revision by revision, until stop or a failure.
+
+        ``seen``: the store revision the stream is known to cover (see _follow); a silence of
+        idle_timeout is checked against it.
+        """
+        pending: list[Event] = []  # the events of a fragmented response, until its last part
+        while not feed.stopping():
+            response = watch.read(self.idle_timeout)
+            if response is None:
+                self._check_quiet_stream(watch.endpoint, seen)
+                continue
+            seen = max(seen, response.revision)
+            pending.extend(response.events)
+            if response.fragment:
+                continue
+            events, pending = pending, []
+            self._apply(feed, events)
 
     def _check_quiet_stream(self, endpoint: str, seen: int) -> None:
         """The watch said nothing for idle_timeout: is its member alive, and has etcd moved on?"""
