@@ -223,15 +223,40 @@ class EtcdMember:
             process.kill()
             process.wait(10)
 
-    def pause(self) -> None:
-        """SIGSTOP: the member stops answering but keeps its connections open (a hung server)."""
+    def pause(self, timeout: float = 10.0) -> None:
+        """SIGSTOP: the member stops answering but keeps its connections open (a hung server).
+
+        Returns once every thread of the process is stopped (on Linux, read from /proc): the
+        signal only starts the stop, and on a busy machine etcd's threads went on serving
+        requests sent after kill() had returned (a "hung" member answered a range read).
+        """
         if self.running and self.process is not None:
             self.process.send_signal(signal.SIGSTOP)
+            self._wait_until(stopped=True, timeout=timeout)
 
-    def resume(self) -> None:
-        """SIGCONT after pause()."""
+    def resume(self, timeout: float = 10.0) -> None:
+        """SIGCONT after pause(); returns once no thread of the process is stopped (on Linux)."""
         if self.running and self.process is not None:
             self.process.send_signal(signal.SIGCONT)
+            self._wait_until(stopped=False, timeout=timeout)
+
+    def _wait_until(self, *, stopped: bool, timeout: float) -> None:
+        """Poll /proc until every thread is stopped (or none is); nothing to poll elsewhere."""
+        assert self.process is not None
+        tasks = Path(f"/proc/{self.process.pid}/task")
+        if not tasks.is_dir():
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            states = _thread_states(tasks)
+            if (states == {"T"}) if stopped else ("T" not in states):
+                return
+            if self.process.poll() is not None:
+                return  # it exited: nothing left to stop or resume
+            if time.monotonic() > deadline:
+                done = "stopped" if stopped else "resumed"
+                raise RuntimeError(f"etcd member {self.name} not {done} after {timeout} s: {states}")
+            time.sleep(0.001)
 
     def restart(self, *, wait: bool = True, timeout: float = 30.0) -> None:
         """Stop (if running) and start again on the same ports and data; waits until it is healthy."""
@@ -250,6 +275,18 @@ class EtcdMember:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"EtcdMember({self.name}, {self.client_url}, {state})"
+
+
+def _thread_states(tasks: Path) -> set[str]:
+    """The scheduler states of a process's threads (/proc/PID/task/*/stat: "R", "S", "T", ...)."""
+    states = set()
+    for task in tasks.iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended
+        states.add(stat[stat.rindex(")") + 2])  # after "pid (comm) ": comm may hold spaces
+    return states
 
 
 class EtcdCluster:
