@@ -314,7 +314,12 @@ class ConfigWatcher:
             return self._revisions.get(version)
 
     def wait_for(self, predicate: Callable[[WatchStatus], bool], timeout: float) -> bool:
-        """Wait until predicate(status) holds (checked after every load or failure); False on timeout."""
+        """Wait until predicate(status) holds (checked after every load or failure); False on timeout.
+
+        The status records a publish or a failure before ``on_reload``/``on_error`` (and a
+        store's subscribers see a publish after its readers can): a predicate that needs what a
+        callback did must test that too. It is checked again after the callbacks have run.
+        """
         # No loop inside the `with`: on CPython 3.13 a loop's back-edge there can fall outside
         # the exception table (python/cpython#130279), and a KeyboardInterrupt delivered on it
         # would leave _changed's lock held, blocking the watching thread's next notify for ever.
