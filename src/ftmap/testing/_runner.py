@@ -76,6 +76,7 @@ def run_threads(
     def body(outcome: ThreadResult[R]) -> None:
         rng = random.Random(seed * 1_000_003 + outcome.index)
         started = time.perf_counter()
+
         # After a failure elsewhere, a thread finishes the call it is in and makes no more.
         # The loops live in their own functions: on 3.13 a loop's back-edge inside a `try` can
         # fall outside the exception table (python/cpython#130279), and an asynchronous
