@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 import ftmap
-from ftmap import ConfigWatcher, EmptyConfigError, ParseError, SnapshotMap, ValidationError
+from ftmap import ConfigWatcher, EmptyConfigError, ParseError, SnapshotMap, ValidationError, WatchStatus
 from ftmap._config import (
     ConfigLimitError,
     ConfigLimits,
@@ -93,12 +93,9 @@ def refused(w: Watched, good: dict[str, Any], error_type: type[BaseException], *
     """The fault was reported on status and to on_error, and the last good config was kept."""
     watcher = w.watcher
     # on_error runs after the status records the failure; the watcher notifies wait_for after both.
-    reported = lambda s: (
-        isinstance(s.current_error, error_type)
-        and any(  # noqa: E731
-            isinstance(e, error_type) for e in w.errors
-        )
-    )
+    def reported(s: WatchStatus) -> bool:
+        return isinstance(s.current_error, error_type) and any(isinstance(e, error_type) for e in w.errors)
+
     assert watcher.wait_for(reported, WAIT), (watcher.status, w.errors)
     status = watcher.status
     assert isinstance(status.last_error, error_type), status
