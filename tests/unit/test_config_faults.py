@@ -92,6 +92,7 @@ def watched(path: Path, backend: str = "poll", start: bool = True, **options: An
 def refused(w: Watched, good: dict[str, Any], error_type: type[BaseException], *, alive: bool = True) -> None:
     """The fault was reported on status and to on_error, and the last good config was kept."""
     watcher = w.watcher
+
     # on_error runs after the status records the failure; the watcher notifies wait_for after both.
     def reported(s: WatchStatus) -> bool:
         return isinstance(s.current_error, error_type) and any(isinstance(e, error_type) for e in w.errors)
