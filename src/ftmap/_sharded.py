@@ -527,13 +527,18 @@ class ShardedMap(ItemsBackedMap[K, V]):
         held = None  # the lock this thread may hold: released again in the finally
         cell[0] = "clear"
         try:
+            # The loop body must not end with an `if`: on 3.13 the back-edge after one is
+            # outside the exception table (python/cpython#130279), and an asynchronous exception
+            # delivered there would skip the finally (this thread's cell would stay "clear").
+            # tests/unit/test_async_audit.py checks the bytecode.
             for data, lock in zip(self._dicts, self._locks, strict=True):
-                if data:  # an empty shard needs no lock: nothing to remove
-                    held = lock
-                    lock.acquire()
-                    data.clear()
-                    lock.release()
-                    held = None
+                if not data:  # an empty shard needs no lock: nothing to remove
+                    continue
+                held = lock
+                lock.acquire()
+                data.clear()
+                lock.release()
+                held = None
         finally:
             cell[0] = None
             if held is not None:
@@ -550,14 +555,15 @@ class ShardedMap(ItemsBackedMap[K, V]):
         held = None  # the lock this thread may hold: released again in the finally
         cell[0] = "popitem"
         try:
-            for data, lock in zip(self._dicts, self._locks, strict=True):
-                if data:  # looked at without the lock, then again under it
-                    held = lock
-                    lock.acquire()
-                    if data:
-                        return data.popitem()
-                    lock.release()
-                    held = None
+            for data, lock in zip(self._dicts, self._locks, strict=True):  # no `if` last: see clear
+                if not data:  # looked at without the lock, then again under it
+                    continue
+                held = lock
+                lock.acquire()
+                if data:
+                    return data.popitem()
+                lock.release()
+                held = None
         finally:
             cell[0] = None
             if held is not None:

@@ -94,10 +94,8 @@ def refused(w: Watched, good: dict[str, Any], error_type: type[BaseException], *
     watcher = w.watcher
 
     # on_error runs after the status records the failure; the watcher notifies wait_for after both.
-    def reported(status: WatchStatus) -> bool:
-        return isinstance(status.current_error, error_type) and any(
-            isinstance(e, error_type) for e in w.errors
-        )
+    def reported(s: WatchStatus) -> bool:
+        return isinstance(s.current_error, error_type) and any(isinstance(e, error_type) for e in w.errors)
 
     assert watcher.wait_for(reported, WAIT), (watcher.status, w.errors)
     status = watcher.status

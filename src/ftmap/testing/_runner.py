@@ -76,17 +76,24 @@ def run_threads(
     def body(outcome: ThreadResult[R]) -> None:
         rng = random.Random(seed * 1_000_003 + outcome.index)
         started = time.perf_counter()
+
+        # After a failure elsewhere, a thread finishes the call it is in and makes no more.
+        # The loops live in their own functions: on 3.13 a loop's back-edge inside a `try` can
+        # fall outside the exception table (python/cpython#130279), and an asynchronous
+        # exception delivered there would skip the handler that stops the other threads.
+        def timed() -> None:
+            deadline = started + (duration or 0.0)
+            while time.perf_counter() < deadline and not stop.is_set():
+                outcome.results.append(fn(outcome.index, rng))
+
+        def counted() -> None:
+            for call in range(1 if iterations is None else iterations):
+                if call and stop.is_set():
+                    break
+                outcome.results.append(fn(outcome.index, rng))
+
         try:
-            # After a failure elsewhere, a thread finishes the call it is in and makes no more.
-            if duration is not None:
-                deadline = started + duration
-                while time.perf_counter() < deadline and not stop.is_set():
-                    outcome.results.append(fn(outcome.index, rng))
-            else:
-                for call in range(1 if iterations is None else iterations):
-                    if call and stop.is_set():
-                        break
-                    outcome.results.append(fn(outcome.index, rng))
+            (counted if duration is None else timed)()
         except BaseException:
             stop.set()
             raise
