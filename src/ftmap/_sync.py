@@ -103,6 +103,7 @@ from itertools import repeat
 from operator import attrgetter, is_, is_not
 from typing import Any, NamedTuple, Protocol, TypeVar, overload
 
+from . import _impl
 from ._base import ItemsBackedMap, same_value
 from ._errors import RecursiveUpdateError
 from ._markers import _Marker
@@ -939,4 +940,4 @@ class SyncMap(ItemsBackedMap[K, V]):
     __copy__ = copy
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (dict(self._items()),))
+        return _impl.reduce(self, "SyncMap", (dict(self._items()),))
