@@ -511,23 +511,57 @@ syncmap_contains(PyObject *op, PyObject *key)
     return 1;
 }
 
+/* A call with keywords or the wrong number of arguments (cold): bind the arguments with the
+ * subclass's Python binder for that method (`_bind_load` ...), which has the pure method's
+ * signature and name, so that keywords work and every error message is the pure map's. Returns
+ * the bound arguments as a tuple of exactly n items, or NULL with the binder's TypeError. */
 static PyObject *
-syncmap_get(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+bind_args(PyObject *self, const char *binder, PyObject *const *args, Py_ssize_t nargs,
+          PyObject *kwnames, Py_ssize_t n)
 {
-    if (nargs < 1 || nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "get expected 1 or 2 arguments, got %zd", nargs);
+    PyObject *fn = PyObject_GetAttrString(self, binder);
+    if (fn == NULL) {
         return NULL;
     }
+    PyObject *bound = PyObject_Vectorcall(fn, args, (size_t)nargs, kwnames);
+    Py_DECREF(fn);
+    if (bound != NULL && (!PyTuple_CheckExact(bound) || PyTuple_GET_SIZE(bound) != n)) {
+        Py_DECREF(bound);
+        PyErr_Format(PyExc_SystemError, "%s must return a tuple of %zd arguments", binder, n);
+        return NULL;
+    }
+    return bound;
+}
+
+static PyObject *
+syncmap_get_impl(PyObject *op, PyObject *key, PyObject *default_value)
+{
     int error;
-    PyObject *v = syncmap_lookup((SyncMapBase *)op, args[0], "get", &error);
+    PyObject *v = syncmap_lookup((SyncMapBase *)op, key, "get", &error);
     if (v == NULL && !error) {
-        return Py_NewRef(nargs == 2 ? args[1] : Py_None);
+        return Py_NewRef(default_value);
     }
     return v;
 }
 
 static PyObject *
-syncmap_load(PyObject *op, PyObject *key)
+syncmap_get(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames == NULL && (nargs == 1 || nargs == 2)) {
+        return syncmap_get_impl(op, args[0], nargs == 2 ? args[1] : Py_None);
+    }
+    PyObject *bound = bind_args(op, "_bind_get", args, nargs, kwnames, 2);
+    if (bound == NULL) {
+        return NULL;
+    }
+    PyObject *r = syncmap_get_impl(op, PyTuple_GET_ITEM(bound, 0), PyTuple_GET_ITEM(bound, 1));
+    Py_DECREF(bound);
+    return r;
+}
+
+static PyObject *
+syncmap_load_impl(PyObject *op, PyObject *key)
 {
     int error;
     PyObject *v = syncmap_lookup((SyncMapBase *)op, key, "load", &error);
@@ -537,6 +571,22 @@ syncmap_load(PyObject *op, PyObject *key)
     PyObject *result = PyTuple_Pack(2, v, Py_True);
     Py_DECREF(v);
     return result;
+}
+
+static PyObject *
+syncmap_load(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames == NULL && nargs == 1) {
+        return syncmap_load_impl(op, args[0]);
+    }
+    PyObject *bound = bind_args(op, "_bind_load", args, nargs, kwnames, 1);
+    if (bound == NULL) {
+        return NULL;
+    }
+    PyObject *r = syncmap_load_impl(op, PyTuple_GET_ITEM(bound, 0));
+    Py_DECREF(bound);
+    return r;
 }
 
 /* store: the lock-free fast path (the key in the read map, not expunged: Go's trySwap), else the
@@ -569,13 +619,22 @@ syncmap_store_impl(SyncMapBase *self, PyObject *key, PyObject *value)
 }
 
 static PyObject *
-syncmap_store(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+syncmap_store(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "store expected 2 arguments, got %zd", nargs);
-        return NULL;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    int rc;
+    if (kwnames == NULL && nargs == 2) {
+        rc = syncmap_store_impl((SyncMapBase *)op, args[0], args[1]);
     }
-    if (syncmap_store_impl((SyncMapBase *)op, args[0], args[1]) < 0) {
+    else {
+        PyObject *bound = bind_args(op, "_bind_store", args, nargs, kwnames, 2);
+        if (bound == NULL) {
+            return NULL;
+        }
+        rc = syncmap_store_impl((SyncMapBase *)op, PyTuple_GET_ITEM(bound, 0), PyTuple_GET_ITEM(bound, 1));
+        Py_DECREF(bound);
+    }
+    if (rc < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -629,10 +688,12 @@ syncmap_set_read(PyObject *op, PyObject *value, void *closure)
 }
 
 static PyMethodDef syncmap_methods[] = {
-    {"load", syncmap_load, METH_O, "The value for key and True, or (None, False) if absent."},
-    {"get", _PyCFunction_CAST(syncmap_get), METH_FASTCALL,
+    {"load", _PyCFunction_CAST(syncmap_load), METH_FASTCALL | METH_KEYWORDS,
+     "The value for key and True, or (None, False) if absent."},
+    {"get", _PyCFunction_CAST(syncmap_get), METH_FASTCALL | METH_KEYWORDS,
      "The value for key, or default (None) if absent."},
-    {"store", _PyCFunction_CAST(syncmap_store), METH_FASTCALL, "Set the value for key."},
+    {"store", _PyCFunction_CAST(syncmap_store), METH_FASTCALL | METH_KEYWORDS,
+     "Set the value for key."},
     {NULL, NULL, 0, NULL},
 };
 

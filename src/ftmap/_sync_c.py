@@ -207,6 +207,21 @@ class SyncMap(_core.SyncMapBase, ItemsBackedMap[K, V]):  # type: ignore[misc]
 
     # -- Go's API (load, get, store, m[k], m[k] = v, in: the C base) -------------------
 
+    # The C methods' argument binders, for calls with keywords or the wrong number of
+    # arguments (cold): the pure methods' signatures and names, so that the errors match.
+    def _bind_load(self, key: Any) -> tuple[Any]:
+        return (key,)
+
+    def _bind_store(self, key: Any, value: Any) -> tuple[Any, Any]:
+        return (key, value)
+
+    def _bind_get(self, key: Any, default: Any = None, /) -> tuple[Any, Any]:
+        return (key, default)
+
+    _bind_load.__qualname__ = "SyncMap.load"
+    _bind_store.__qualname__ = "SyncMap.store"
+    _bind_get.__qualname__ = "SyncMap.get"
+
     def _value_slow(self, key: Any, operation: str) -> Any:
         """key's value or _DELETED, when the read map lacks key but the dirty map may have it (from C)."""
         entry = self._locate_slow(key, operation, False)

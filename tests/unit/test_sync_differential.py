@@ -161,3 +161,40 @@ def test_the_differential_check_can_fail() -> None:
     py, c = VARIANTS["python"](), VARIANTS["c"]()
     py.store("k", 1)
     assert not same(internals(c), internals(py))
+
+
+CALLS = [
+    "m.load()",
+    "m.load('a', 2)",
+    "m.load(key='a')",
+    "m.load('a', key=1)",
+    "m.load(x=1)",
+    "m.store()",
+    "m.store('b')",
+    "m.store(key='b', value=2)",
+    "m.store('b', 2, 3)",
+    "m.get()",
+    "m.get('a', 2, 3)",
+    "m.get(key='a')",
+    "m.get('zz', default=2)",
+    "m.get('zz', 5)",
+    "m.swap(key='a', value=3)",
+    "m.load_or_store('a')",
+    "m.compare_and_swap('a', 1)",
+    "m.pop()",
+    "m.setdefault('q', default=1)",
+]
+
+
+@pytest.mark.parametrize("call", CALLS)
+def test_calls_bind_their_arguments_as_the_pure_methods_do(call: str) -> None:
+    # The C methods take keywords where the pure ones do and raise the same TypeErrors.
+    def outcome(cls: Any) -> tuple[Any, ...]:
+        m = cls(a=1)
+        try:
+            result = eval(call, {"m": m})
+        except TypeError as error:
+            return ("TypeError", str(error), sorted(m.items()))
+        return (result, sorted(m.items()))
+
+    assert outcome(VARIANTS["c"]) == outcome(VARIANTS["python"])
