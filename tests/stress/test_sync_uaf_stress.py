@@ -27,6 +27,9 @@ core = _impl._any_core()
 pytestmark = pytest.mark.skipif("c" not in VARIANTS or core is None, reason="the C core is not built")
 SECONDS = float(os.environ.get("FTMAP_UAF_SECONDS", "2.0"))
 KEYS = [f"k{i}" for i in range(64)]
+# The work floors below are for a normal build; under ThreadSanitizer (make tsan: here for its
+# race reports, not for the counts) everything runs 10-50x slower.
+SCALE = 50 if core is not None and core.build_info.get("sanitizer") else 1
 
 
 def test_replaced_values_and_read_maps_are_never_used_after_free() -> None:
@@ -93,8 +96,8 @@ def test_replaced_values_and_read_maps_are_never_used_after_free() -> None:
     )
     assert not result.errors, result.errors
     assert result.bad_count == 0, result.bad
-    assert result.writes >= 5_000 and result.reads >= 20_000, (result.writes, result.reads)
-    assert m.stats().promotions >= 100, m.stats()
+    assert result.writes >= 5_000 // SCALE and result.reads >= 20_000 // SCALE, (result.writes, result.reads)
+    assert m.stats().promotions >= 100 // SCALE, m.stats()
     print(f"reads={result.reads} writes={result.writes} promotions={m.stats().promotions}")
 
 
@@ -124,5 +127,6 @@ def test_one_hot_key_replaced_in_a_tight_loop() -> None:
     result = hammer(write, read, writers=2, readers=2, seconds=SECONDS)
     assert not result.errors, result.errors
     assert result.bad_count == 0, result.bad
-    assert result.writes >= 20_000 and result.reads >= 100_000, (result.writes, result.reads)
+    assert result.writes >= 20_000 // SCALE, result.writes
+    assert result.reads >= 100_000 // SCALE, result.reads
     print(f"reads={result.reads} writes={result.writes}")
