@@ -83,11 +83,12 @@ shape; tests/unit/test_sync_bytecode.py checks the compiled bytecode for it.
 This was tested on 3.13 only; on 3.14 it relies on the same delivery points
 (function entry, loop back-edges, the return of a CALL-family instruction).
 
-The C core gives the same guarantee trivially: C code is never interrupted; an
-exception can only come out of a call into Python code (a key's ``__hash__`` or
-``__eq__``, a value's ``__eq__`` in the compare operations, a range callback),
-which it treats as an ordinary error at that point, with the same all-or-nothing
-handling as above.
+The C core's variant (src/ftmap/_sync_c.py on csrc/syncmap.c) gives the same
+guarantee: its mutex-held paths are this module's code on C entries, and its hot
+paths (read-map hits, stores to read-map keys) are C code, which is never
+interrupted: an exception there can only come out of a key's ``__hash__`` or
+``__eq__`` (before anything changed) or a replaced value's ``__del__`` (after the
+store completed); an entry's compare-and-swap is one atomic instruction.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ from itertools import repeat
 from operator import attrgetter, is_, is_not
 from typing import Any, NamedTuple, Protocol, TypeVar, overload
 
+from . import _impl
 from ._base import ItemsBackedMap, same_value
 from ._errors import RecursiveUpdateError
 from ._markers import _Marker
@@ -939,4 +941,4 @@ class SyncMap(ItemsBackedMap[K, V]):
     __copy__ = copy
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (dict(self._items()),))
+        return _impl.reduce(self, "SyncMap", (dict(self._items()),))

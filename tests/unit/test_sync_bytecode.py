@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import dis
+import importlib
 import inspect
 import sys
 import types
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 import pytest
 
 import ftmap._sync
+from ftmap import _impl
 
 # Where CPython checks for pending asynchronous exceptions (Python/bytecodes.c,
 # _CHECK_PERIODIC and JUMP_BACKWARD); RESUME is at function entry, never inside a block.
@@ -96,9 +98,18 @@ def uncovered_delivery_points(source: str, filename: str = "<audit>") -> list[st
     return problems
 
 
-def test_no_async_exception_can_skip_a_syncmap_cleanup_handler() -> None:
-    source = inspect.getsource(ftmap._sync)
-    assert uncovered_delivery_points(source, ftmap._sync.__file__) == []
+def _sync_modules() -> list[types.ModuleType]:
+    """The pure SyncMap and, where the C core imports, the C variant's Python part (its mutex-held paths)."""
+    modules = [ftmap._sync]
+    if "c" in _impl.variants("SyncMap"):
+        modules.append(importlib.import_module("ftmap._sync_c"))
+    return modules
+
+
+@pytest.mark.parametrize("module", _sync_modules(), ids=lambda m: m.__name__)
+def test_no_async_exception_can_skip_a_syncmap_cleanup_handler(module: types.ModuleType) -> None:
+    source = inspect.getsource(module)
+    assert uncovered_delivery_points(source, module.__file__) == []
 
 
 @pytest.mark.skipif(sys.version_info[:2] != (3, 13), reason="the exception-table gap is CPython 3.13's")

@@ -1,0 +1,772 @@
+/* syncmap.c: SyncMap's C core: the entries (Go's CAS on the value pointer) and the hot paths.
+ *
+ * Go's classic sync.Map (src/sync/map.go, Go 1.23), split as docs/c-core.md allows:
+ *
+ *   ftmap._core._SyncEntry  an entry: its value pointer is nil (NULL: deleted), expunged (the
+ *                           module's expunged sentinel) or a value, changed only by
+ *                           compare-and-swap (ftmap_ref_cas). No entry lock: Go's design.
+ *   ftmap._core.SyncMapBase the read map, published by one atomic store (an ftmap_ref), and the
+ *                           lock-free hot paths: m[k], get, in, load on a read-map hit, and
+ *                           m[k] = v / store to a read-map key that is not expunged.
+ *   ftmap._sync_c.SyncMap   (Python, subclass of SyncMapBase) everything that takes the mutex:
+ *                           the dirty map, misses and promotion, the re-entrancy rule, len/bool,
+ *                           iteration, stats, _debug_state. The same code as the pure map
+ *                           (src/ftmap/_sync.py), on these entries.
+ *
+ * The mutex is the Python subclass's RLock, never a PyMutex: nothing in this file takes any lock,
+ * so no user __hash__/__eq__/__del__ can ever run under a lock held by C code. User code runs
+ * here only in PyDict_GetItemRef (key __hash__/__eq__, no lock held), PyObject_RichCompareBool
+ * (value __eq__ in compare_and_set, no lock held) and Py_DECREF of a replaced value (no lock).
+ *
+ * Memory safety: two kinds of reference are replaced while other threads read them without a lock.
+ *   - the read map (SyncMapBase.read): a tuple (m, amended), replaced by the mutex holder through
+ *     the _read setter (ftmap_ref_exchange); readers use ftmap_ref_load. The dict m is never
+ *     changed once published (the Python code copies and promotes, it never mutates a published
+ *     dict), so while a reader holds the tuple, m and every entry in it are alive: the entry
+ *     lookup takes a new reference anyway (PyDict_GetItemRef, lock-free on 3.13t).
+ *   - an entry's value (_SyncEntry.p): replaced by any thread with ftmap_ref_cas; read with
+ *     ftmap_ref_load (never a plain load-then-incref). A CAS's expected pointer is either a raw
+ *     load that is only compared, never dereferenced (ftmap_ref_cas then proves the slot still
+ *     held it, and transfers the slot's reference to the caller), or a pointer the caller holds a
+ *     reference to (compare_and_set: no ABA, ftmap_ref.h claim (c)).
+ * The slot owns a reference to whatever non-NULL pointer it holds, the expunged sentinel
+ * included, so every CAS that takes a pointer out of the slot owns one reference to release.
+ */
+#include "ftmap_core.h"
+#include "ftmap_ref.h"
+
+/* -- _SyncEntry -------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    ftmap_state *state; /* fixed at construction (the module outlives the entry: it holds its
+                         * type, the type holds the module) */
+    PyObject *key;      /* fixed at construction: the key object this entry is stored under, in the
+                         * read and the dirty map alike (keeps the key alive while the mutex holder
+                         * drops it from a dict) */
+    ftmap_ref p;        /* NULL (Go's nil: deleted), st->SyncExpunged (Go's expunged: deleted, the
+                         * map has a dirty map and this entry is not in it), or the value.
+                         * Written by any thread with ftmap_ref_cas, except: NULL -> expunged and
+                         * expunged -> NULL only by the holder of the map's mutex
+                         * (try_expunge_locked / unexpunge_locked). Read by anyone, no lock:
+                         * ftmap_ref_load for a reference, entry_peek for a pointer to compare. */
+} SyncEntry;
+
+/* The pointer the slot holds, only to compare with (CAS expected, NULL, expunged): never
+ * dereferenced, so a concurrent replacement cannot make it a use after free (a pointer that a CAS
+ * then swaps out is owned by the caller: ftmap_ref_cas proved the slot held it). This is
+ * ftmap_ref_borrow_lock_held's relaxed atomic load, used without a lock for exactly that reason:
+ * what it returns is never read through unless the following CAS succeeds. */
+static inline PyObject *
+entry_peek(SyncEntry *e)
+{
+    return ftmap_ref_borrow_lock_held(&e->p);
+}
+
+/* A new reference to the live value, or NULL (no exception) if deleted or expunged. */
+static inline PyObject *
+entry_value(SyncEntry *e, PyObject *expunged)
+{
+    PyObject *v = ftmap_ref_load(&e->p);
+    if (v == expunged) {
+        Py_DECREF(v);
+        return NULL;
+    }
+    return v;
+}
+
+/* Go's trySwap, unconditional unless expunged: steals value. Returns the slot's old reference
+ * (NULL if it was deleted) in *previous and 1, or 0 if expunged (value not stolen: released). */
+static inline int
+entry_try_swap(SyncEntry *e, PyObject *value, PyObject **previous)
+{
+    PyObject *expunged = e->state->SyncExpunged;
+    for (;;) {
+        PyObject *old = entry_peek(e);
+        if (old == expunged) {
+            Py_DECREF(value);
+            return 0;
+        }
+        if (ftmap_ref_cas(&e->p, old, value)) {
+            *previous = old; /* the slot's reference, ours now: released by the caller */
+            return 1;
+        }
+    }
+}
+
+static PyObject *
+entry_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *key, *value;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        PyErr_SetString(PyExc_TypeError, "_SyncEntry() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, "_SyncEntry", 2, 2, &key, &value)) {
+        return NULL;
+    }
+    ftmap_state *st = ftmap_state_of_type(type);
+    if (st == NULL) {
+        return NULL;
+    }
+    SyncEntry *self = (SyncEntry *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->state = st;
+    self->key = Py_NewRef(key);
+    ftmap_ref_init(&self->p, value == st->SyncDeleted ? NULL : Py_NewRef(value));
+    return (PyObject *)self;
+}
+
+static int
+entry_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    SyncEntry *self = (SyncEntry *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->key);
+    ftmap_ref_visit(&self->p);
+    return 0;
+}
+
+static int
+entry_clear(PyObject *op)
+{
+    SyncEntry *self = (SyncEntry *)op;
+    ftmap_ref_clear(&self->p);
+    Py_CLEAR(self->key);
+    return 0;
+}
+
+static void
+entry_dealloc(PyObject *op)
+{
+    PyTypeObject *type = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    (void)entry_clear(op);
+    type->tp_free(op);
+    Py_DECREF(type);
+}
+
+/* A value as Python sees it: the value, or the DELETED sentinel. Steals v (may be NULL). */
+static inline PyObject *
+entry_out(SyncEntry *e, PyObject *v)
+{
+    return v == NULL ? Py_NewRef(e->state->SyncDeleted) : v;
+}
+
+/* try_swap(value): the previous value (or DELETED); EXPUNGED if the entry is expunged. */
+static PyObject *
+entry_try_swap_py(PyObject *op, PyObject *value)
+{
+    SyncEntry *e = (SyncEntry *)op;
+    PyObject *previous;
+    if (!entry_try_swap(e, value == e->state->SyncDeleted ? NULL : Py_NewRef(value), &previous)) {
+        return Py_NewRef(e->state->SyncExpunged);
+    }
+    return entry_out(e, previous);
+}
+
+/* try_load_or_store(value): (actual, loaded), or EXPUNGED (Go's tryLoadOrStore). */
+static PyObject *
+entry_try_load_or_store(PyObject *op, PyObject *value)
+{
+    SyncEntry *e = (SyncEntry *)op;
+    PyObject *expunged = e->state->SyncExpunged;
+    for (;;) {
+        PyObject *current = ftmap_ref_load(&e->p);
+        if (current == expunged) {
+            return current; /* the reference load took */
+        }
+        if (current != NULL) {
+            PyObject *result = PyTuple_Pack(2, current, Py_True);
+            Py_DECREF(current);
+            return result;
+        }
+        if (ftmap_ref_cas(&e->p, NULL, Py_NewRef(value))) {
+            return PyTuple_Pack(2, value, Py_False);
+        }
+        Py_DECREF(value); /* not stolen */
+    }
+}
+
+/* compare_and_set(old, new): if the value is old (identity, then ==), set new (DELETED: delete).
+ * As Go's CAS loop, with the comparison outside any lock (__eq__ may use this map): set only if the
+ * slot still holds the very object compared (we hold a reference to it: no ABA). */
+static PyObject *
+entry_compare_and_set(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    SyncEntry *e = (SyncEntry *)op;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "compare_and_set(old, new) takes 2 arguments");
+        return NULL;
+    }
+    PyObject *old = args[0];
+    PyObject *new_value = args[1] == e->state->SyncDeleted ? NULL : args[1];
+    PyObject *expunged = e->state->SyncExpunged;
+    for (;;) {
+        PyObject *current = ftmap_ref_load(&e->p);
+        if (current == NULL) {
+            Py_RETURN_FALSE;
+        }
+        if (current == expunged) {
+            Py_DECREF(current);
+            Py_RETURN_FALSE;
+        }
+        /* same_value(current, old): `current is old or bool(current == old)`, exactly what
+         * PyObject_RichCompareBool computes. No lock is held: __eq__ may do anything. */
+        int same = PyObject_RichCompareBool(current, old, Py_EQ);
+        if (same <= 0) {
+            Py_DECREF(current);
+            if (same < 0) {
+                return NULL;
+            }
+            Py_RETURN_FALSE;
+        }
+        if (ftmap_ref_cas(&e->p, current, Py_XNewRef(new_value))) {
+            Py_DECREF(current); /* the slot's reference */
+            Py_DECREF(current); /* ours */
+            Py_RETURN_TRUE;
+        }
+        Py_XDECREF(new_value); /* not stolen */
+        Py_DECREF(current);
+    }
+}
+
+/* delete(): the previous value, or DELETED if there was none (nil or expunged stay as they are). */
+static PyObject *
+entry_delete(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    SyncEntry *e = (SyncEntry *)op;
+    PyObject *expunged = e->state->SyncExpunged;
+    for (;;) {
+        PyObject *old = entry_peek(e);
+        if (old == NULL || old == expunged) {
+            return Py_NewRef(e->state->SyncDeleted);
+        }
+        if (ftmap_ref_cas(&e->p, old, NULL)) {
+            return old; /* the slot's reference */
+        }
+    }
+}
+
+/* try_expunge_locked(): with the map's mutex held, while the dirty map is built: nil -> expunged.
+ * True if the entry is expunged now (Go's tryExpungeLocked). */
+static PyObject *
+entry_try_expunge_locked(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    SyncEntry *e = (SyncEntry *)op;
+    PyObject *expunged = e->state->SyncExpunged;
+    for (;;) {
+        PyObject *old = entry_peek(e);
+        if (old != NULL) {
+            return Py_NewRef(old == expunged ? Py_True : Py_False);
+        }
+        if (ftmap_ref_cas(&e->p, NULL, Py_NewRef(expunged))) {
+            Py_RETURN_TRUE;
+        }
+        Py_DECREF(expunged); /* not stolen */
+    }
+}
+
+/* unexpunge_locked(): with the map's mutex held: expunged -> nil. True if it was expunged. */
+static PyObject *
+entry_unexpunge_locked(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    SyncEntry *e = (SyncEntry *)op;
+    PyObject *expunged = e->state->SyncExpunged;
+    if (ftmap_ref_cas(&e->p, expunged, NULL)) {
+        Py_DECREF(expunged); /* the slot's reference; the module state holds another */
+        Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
+static PyObject *
+entry_get_key(PyObject *op, void *closure)
+{
+    (void)closure;
+    return Py_NewRef(((SyncEntry *)op)->key);
+}
+
+static PyObject *
+entry_get_value(PyObject *op, void *closure)
+{
+    (void)closure;
+    SyncEntry *e = (SyncEntry *)op;
+    return entry_out(e, entry_value(e, e->state->SyncExpunged));
+}
+
+static PyObject *
+entry_get_expunged(PyObject *op, void *closure)
+{
+    (void)closure;
+    SyncEntry *e = (SyncEntry *)op;
+    return Py_NewRef(entry_peek(e) == e->state->SyncExpunged ? Py_True : Py_False);
+}
+
+static PyMethodDef entry_methods[] = {
+    {"try_swap", entry_try_swap_py, METH_O,
+     "Store value unless expunged: the previous value (or DELETED); EXPUNGED if not stored."},
+    {"try_load_or_store", entry_try_load_or_store, METH_O,
+     "(actual, loaded), or EXPUNGED if the entry is expunged."},
+    {"compare_and_set", _PyCFunction_CAST(entry_compare_and_set), METH_FASTCALL,
+     "Set new (DELETED: delete) if the value is old (identity, then ==); False if absent or "
+     "different."},
+    {"delete", entry_delete, METH_NOARGS, "Delete the value; return it, or DELETED if none."},
+    {"try_expunge_locked", entry_try_expunge_locked, METH_NOARGS,
+     "Mutex held: deleted (nil) -> expunged; True if expunged now."},
+    {"unexpunge_locked", entry_unexpunge_locked, METH_NOARGS,
+     "Mutex held: expunged -> deleted (nil); True if it was expunged."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef entry_getset[] = {
+    {"key", entry_get_key, NULL, "The key this entry is stored under.", NULL},
+    {"value", entry_get_value, NULL, "The live value, or DELETED.", NULL},
+    {"expunged", entry_get_expunged, NULL, "Whether the entry is expunged.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot entry_slots[] = {
+    {Py_tp_new, entry_new},
+    {Py_tp_dealloc, entry_dealloc},
+    {Py_tp_traverse, entry_traverse},
+    {Py_tp_clear, entry_clear},
+    {Py_tp_methods, entry_methods},
+    {Py_tp_getset, entry_getset},
+    {Py_tp_doc, "_SyncEntry(key, value): one key's value slot in SyncMap's read and dirty maps."},
+    {0, NULL},
+};
+
+static PyType_Spec entry_spec = {
+    .name = "ftmap._core._SyncEntry",
+    .basicsize = sizeof(SyncEntry),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = entry_slots,
+};
+
+/* -- SyncMapBase ------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    ftmap_state *state; /* fixed at construction */
+    ftmap_ref read;     /* published: an exact tuple (m, amended), m an exact dict never changed
+                         * once published, amended True or False. Written by the holder of the
+                         * subclass's mutex (_mu) through the _read setter (ftmap_ref_exchange;
+                         * the setter releases the old tuple: the Python code keeps its own
+                         * reference to it until it releases the mutex, so no __del__ runs under
+                         * it). Read by anyone, no lock, with ftmap_ref_load. Never NULL. */
+} SyncMapBase;
+
+static PyObject *
+syncmap_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    (void)args;
+    (void)kwargs;
+    ftmap_state *st = ftmap_state_of_type(type);
+    if (st == NULL) {
+        return NULL;
+    }
+    PyObject *m = PyDict_New();
+    if (m == NULL) {
+        return NULL;
+    }
+    PyObject *read = PyTuple_Pack(2, m, Py_False);
+    Py_DECREF(m);
+    if (read == NULL) {
+        return NULL;
+    }
+    SyncMapBase *self = (SyncMapBase *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        Py_DECREF(read);
+        return NULL;
+    }
+    self->state = st;
+    ftmap_ref_init(&self->read, read);
+    return (PyObject *)self;
+}
+
+static int
+syncmap_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    ftmap_ref_visit(&((SyncMapBase *)op)->read);
+    return 0;
+}
+
+static int
+syncmap_clear(PyObject *op)
+{
+    ftmap_ref_clear(&((SyncMapBase *)op)->read);
+    return 0;
+}
+
+static void
+syncmap_dealloc(PyObject *op)
+{
+    PyTypeObject *type = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    (void)syncmap_clear(op);
+    type->tp_free(op);
+    Py_DECREF(type);
+}
+
+/* The read map's lookup, no lock: 1 and a new reference to the entry in *entry, 0 if absent (then
+ * *amended says whether the dirty map may have it), -1 with an exception (the key's __hash__ or
+ * __eq__). tp_clear may have emptied read during a GC of a cycle through the map: then absent. */
+static inline int
+read_lookup(SyncMapBase *self, PyObject *key, SyncEntry **entry, int *amended)
+{
+    PyObject *read = ftmap_ref_load(&self->read);
+    if (read == NULL) {
+        *entry = NULL;
+        *amended = 0;
+        return 0;
+    }
+    PyObject *found_entry;
+    int found = PyDict_GetItemRef(PyTuple_GET_ITEM(read, 0), key, &found_entry);
+    *entry = (SyncEntry *)found_entry;
+    *amended = PyTuple_GET_ITEM(read, 1) == Py_True;
+    Py_DECREF(read);
+    return found;
+}
+
+/* The value of a key the read map lacks while amended: calls the subclass's _value_slow (which
+ * takes the mutex, counts a miss, may promote; or, re-entered, reads without it). A new
+ * reference to the value, or NULL: *error says whether an exception is set. */
+static PyObject *
+value_slow(SyncMapBase *self, PyObject *key, const char *operation, int *error)
+{
+    PyObject *v = PyObject_CallMethod((PyObject *)self, "_value_slow", "Os", key, operation);
+    if (v == NULL) {
+        *error = 1;
+        return NULL;
+    }
+    *error = 0;
+    if (v == self->state->SyncDeleted) {
+        Py_DECREF(v);
+        return NULL;
+    }
+    return v;
+}
+
+/* The value for key: a new reference, or NULL with *error 0 (absent) or 1 (an exception). */
+static inline PyObject *
+syncmap_lookup(SyncMapBase *self, PyObject *key, const char *operation, int *error)
+{
+    SyncEntry *entry;
+    int amended;
+    int found = read_lookup(self, key, &entry, &amended);
+    if (found > 0) {
+        PyObject *v = entry_value(entry, self->state->SyncExpunged);
+        Py_DECREF(entry);
+        *error = 0;
+        return v;
+    }
+    if (found < 0) {
+        *error = 1;
+        return NULL;
+    }
+    if (!amended) {
+        *error = 0;
+        return NULL;
+    }
+    return value_slow(self, key, operation, error);
+}
+
+static void
+set_key_error(PyObject *key)
+{
+    PyObject *args = PyTuple_Pack(1, key);
+    if (args != NULL) {
+        PyErr_SetObject(PyExc_KeyError, args);
+        Py_DECREF(args);
+    }
+}
+
+static PyObject *
+syncmap_subscript(PyObject *op, PyObject *key)
+{
+    int error;
+    PyObject *v = syncmap_lookup((SyncMapBase *)op, key, "[]", &error);
+    if (v == NULL && !error) {
+        set_key_error(key);
+    }
+    return v;
+}
+
+static int
+syncmap_contains(PyObject *op, PyObject *key)
+{
+    int error;
+    PyObject *v = syncmap_lookup((SyncMapBase *)op, key, "in", &error);
+    if (v == NULL) {
+        return error ? -1 : 0;
+    }
+    Py_DECREF(v);
+    return 1;
+}
+
+/* A call with keywords or the wrong number of arguments (cold): bind the arguments with the
+ * subclass's Python binder for that method (`_bind_load` ...), which has the pure method's
+ * signature and name, so that keywords work and every error message is the pure map's. Returns
+ * the bound arguments as a tuple of exactly n items, or NULL with the binder's TypeError. */
+static PyObject *
+bind_args(PyObject *self, const char *binder, PyObject *const *args, Py_ssize_t nargs,
+          PyObject *kwnames, Py_ssize_t n)
+{
+    PyObject *fn = PyObject_GetAttrString(self, binder);
+    if (fn == NULL) {
+        return NULL;
+    }
+    PyObject *bound = PyObject_Vectorcall(fn, args, (size_t)nargs, kwnames);
+    Py_DECREF(fn);
+    if (bound != NULL && (!PyTuple_CheckExact(bound) || PyTuple_GET_SIZE(bound) != n)) {
+        Py_DECREF(bound);
+        PyErr_Format(PyExc_SystemError, "%s must return a tuple of %zd arguments", binder, n);
+        return NULL;
+    }
+    return bound;
+}
+
+static PyObject *
+syncmap_get_impl(PyObject *op, PyObject *key, PyObject *default_value)
+{
+    int error;
+    PyObject *v = syncmap_lookup((SyncMapBase *)op, key, "get", &error);
+    if (v == NULL && !error) {
+        return Py_NewRef(default_value);
+    }
+    return v;
+}
+
+static PyObject *
+syncmap_get(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames == NULL && (nargs == 1 || nargs == 2)) {
+        return syncmap_get_impl(op, args[0], nargs == 2 ? args[1] : Py_None);
+    }
+    PyObject *bound = bind_args(op, "_bind_get", args, nargs, kwnames, 2);
+    if (bound == NULL) {
+        return NULL;
+    }
+    PyObject *r = syncmap_get_impl(op, PyTuple_GET_ITEM(bound, 0), PyTuple_GET_ITEM(bound, 1));
+    Py_DECREF(bound);
+    return r;
+}
+
+static PyObject *
+syncmap_load_impl(PyObject *op, PyObject *key)
+{
+    int error;
+    PyObject *v = syncmap_lookup((SyncMapBase *)op, key, "load", &error);
+    if (v == NULL) {
+        return error ? NULL : PyTuple_Pack(2, Py_None, Py_False);
+    }
+    PyObject *result = PyTuple_Pack(2, v, Py_True);
+    Py_DECREF(v);
+    return result;
+}
+
+static PyObject *
+syncmap_load(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames == NULL && nargs == 1) {
+        return syncmap_load_impl(op, args[0]);
+    }
+    PyObject *bound = bind_args(op, "_bind_load", args, nargs, kwnames, 1);
+    if (bound == NULL) {
+        return NULL;
+    }
+    PyObject *r = syncmap_load_impl(op, PyTuple_GET_ITEM(bound, 0));
+    Py_DECREF(bound);
+    return r;
+}
+
+/* store: the lock-free fast path (the key in the read map, not expunged: Go's trySwap), else the
+ * subclass's _swap_slow(key, value, "store") under the mutex. The replaced value is released
+ * here, with no lock held. */
+static int
+syncmap_store_impl(SyncMapBase *self, PyObject *key, PyObject *value)
+{
+    SyncEntry *entry;
+    int amended;
+    int found = read_lookup(self, key, &entry, &amended);
+    if (found < 0) {
+        return -1;
+    }
+    if (found > 0) {
+        PyObject *previous;
+        int swapped = entry_try_swap(entry, Py_NewRef(value), &previous);
+        Py_DECREF(entry);
+        if (swapped) {
+            Py_XDECREF(previous);
+            return 0;
+        }
+    }
+    PyObject *r = PyObject_CallMethod((PyObject *)self, "_swap_slow", "OOs", key, value, "store");
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *
+syncmap_store(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    int rc;
+    if (kwnames == NULL && nargs == 2) {
+        rc = syncmap_store_impl((SyncMapBase *)op, args[0], args[1]);
+    }
+    else {
+        PyObject *bound = bind_args(op, "_bind_store", args, nargs, kwnames, 2);
+        if (bound == NULL) {
+            return NULL;
+        }
+        rc = syncmap_store_impl((SyncMapBase *)op, PyTuple_GET_ITEM(bound, 0), PyTuple_GET_ITEM(bound, 1));
+        Py_DECREF(bound);
+    }
+    if (rc < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+syncmap_ass_subscript(PyObject *op, PyObject *key, PyObject *value)
+{
+    if (value != NULL) {
+        return syncmap_store_impl((SyncMapBase *)op, key, value);
+    }
+    /* del m[k]: `if not self.load_and_delete(key)[1]: raise KeyError(key)` */
+    PyObject *r = PyObject_CallMethod(op, "load_and_delete", "(O)", key);
+    if (r == NULL) {
+        return -1;
+    }
+    int loaded = PyTuple_Check(r) && PyTuple_GET_SIZE(r) == 2 ? PyObject_IsTrue(PyTuple_GET_ITEM(r, 1))
+                                                              : 1;
+    Py_DECREF(r);
+    if (loaded < 0) {
+        return -1;
+    }
+    if (!loaded) {
+        set_key_error(key);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+syncmap_get_read(PyObject *op, void *closure)
+{
+    (void)closure;
+    PyObject *read = ftmap_ref_load(&((SyncMapBase *)op)->read);
+    return read == NULL ? PyTuple_Pack(2, Py_None, Py_False) : read;
+}
+
+static int
+syncmap_set_read(PyObject *op, PyObject *value, void *closure)
+{
+    (void)closure;
+    if (value == NULL || !PyTuple_CheckExact(value) || PyTuple_GET_SIZE(value) != 2 ||
+        !PyDict_CheckExact(PyTuple_GET_ITEM(value, 0)) || !PyBool_Check(PyTuple_GET_ITEM(value, 1))) {
+        PyErr_SetString(PyExc_TypeError, "_read must be a tuple (dict, bool)");
+        return -1;
+    }
+    /* The old tuple's release cannot free it while the caller (the mutex holder) keeps its own
+     * reference (every caller in _sync_c.py does, until after it releases the mutex). */
+    Py_XDECREF(ftmap_ref_exchange(&((SyncMapBase *)op)->read, Py_NewRef(value)));
+    return 0;
+}
+
+static PyMethodDef syncmap_methods[] = {
+    {"load", _PyCFunction_CAST(syncmap_load), METH_FASTCALL | METH_KEYWORDS,
+     "The value for key and True, or (None, False) if absent."},
+    {"get", _PyCFunction_CAST(syncmap_get), METH_FASTCALL | METH_KEYWORDS,
+     "The value for key, or default (None) if absent."},
+    {"store", _PyCFunction_CAST(syncmap_store), METH_FASTCALL | METH_KEYWORDS,
+     "Set the value for key."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef syncmap_getset[] = {
+    {"_read", syncmap_get_read, syncmap_set_read,
+     "The published read map: (dict of entries, amended). Replaced only with the mutex held.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot syncmap_slots[] = {
+    {Py_tp_new, syncmap_new},
+    {Py_tp_dealloc, syncmap_dealloc},
+    {Py_tp_traverse, syncmap_traverse},
+    {Py_tp_clear, syncmap_clear},
+    {Py_tp_methods, syncmap_methods},
+    {Py_tp_getset, syncmap_getset},
+    {Py_mp_subscript, syncmap_subscript},
+    {Py_mp_ass_subscript, syncmap_ass_subscript},
+    {Py_sq_contains, syncmap_contains},
+    {Py_tp_doc, "SyncMap's C base: the read map and the lock-free hot paths (ftmap._sync_c.SyncMap "
+                "is the public class)."},
+    {0, NULL},
+};
+
+static PyType_Spec syncmap_spec = {
+    .name = "ftmap._core.SyncMapBase",
+    .basicsize = sizeof(SyncMapBase),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE |
+             Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = syncmap_slots,
+};
+
+/* Marker objects: "deleted" (what the entries' Python methods return for no value) and
+ * "expunged" (what an expunged slot holds, and what try_swap / try_load_or_store return). */
+static PyObject *
+make_marker(const char *name)
+{
+    PyObject *cls = NULL;
+    PyObject *module = PyImport_ImportModule("ftmap._markers");
+    if (module == NULL) {
+        return NULL;
+    }
+    cls = PyObject_GetAttrString(module, "_Marker");
+    Py_DECREF(module);
+    if (cls == NULL) {
+        return NULL;
+    }
+    PyObject *marker = PyObject_CallFunction(cls, "s", name);
+    Py_DECREF(cls);
+    return marker;
+}
+
+int
+ftmap_syncmap_exec(PyObject *module, ftmap_state *st)
+{
+    st->SyncDeleted = make_marker("deleted");
+    if (st->SyncDeleted == NULL || PyModule_AddObjectRef(module, "_SYNC_DELETED", st->SyncDeleted) < 0) {
+        return -1;
+    }
+    st->SyncExpunged = make_marker("expunged");
+    if (st->SyncExpunged == NULL ||
+        PyModule_AddObjectRef(module, "_SYNC_EXPUNGED", st->SyncExpunged) < 0) {
+        return -1;
+    }
+    st->SyncEntryType = PyType_FromModuleAndSpec(module, &entry_spec, NULL);
+    if (st->SyncEntryType == NULL ||
+        PyModule_AddObjectRef(module, "_SyncEntry", st->SyncEntryType) < 0) {
+        return -1;
+    }
+    st->SyncMapBaseType = PyType_FromModuleAndSpec(module, &syncmap_spec, NULL);
+    if (st->SyncMapBaseType == NULL ||
+        PyModule_AddObjectRef(module, "SyncMapBase", st->SyncMapBaseType) < 0) {
+        return -1;
+    }
+    return 0;
+}
