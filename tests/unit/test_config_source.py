@@ -9,8 +9,6 @@ on_error, stop - does not depend on files.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import queue
 import threading
 from collections.abc import Hashable, Mapping
@@ -21,7 +19,6 @@ import pytest
 from ftmap import ConfigWatcher, ParseError, SnapshotMap, ValidationError
 from ftmap._config import ConfigLimitError, ConfigSource, Feed, Load, SourceError
 from tests.threads import within
-from tests.unit.test_sync_bytecode import uncovered_delivery_points
 
 pytestmark = pytest.mark.thread_unsafe(reason="watcher threads")
 
@@ -203,16 +200,3 @@ def test_a_source_that_cannot_load_raises_its_error_from_the_constructor() -> No
     watcher = ConfigWatcher(SnapshotMap(), FailingSource(1, {}), must_load=False)
     assert isinstance(watcher.status.current_error, ConnectionRefusedError)
 
-
-@pytest.mark.parametrize(
-    "module",
-    ["_config", "_config_file", "_config_parse", "_config_source", "_etcd", "_etcd_client", "_etcd_keys"],
-)
-def test_no_async_exception_can_skip_a_cleanup_handler_of_the_watcher_or_a_source(module: str) -> None:
-    # The bytecode audit of test_sync_bytecode, on the watcher and its sources: a KeyboardInterrupt
-    # on an uncovered loop back-edge (python/cpython#130279) left wait_for's condition locked (the
-    # watching thread then blocked at its next notify), a file descriptor or an etcd watch open,
-    # or the watching thread dead without its abort reported.
-    imported = importlib.import_module(f"ftmap.{module}")
-    source = inspect.getsource(imported)
-    assert uncovered_delivery_points(source, imported.__file__ or module) == []
