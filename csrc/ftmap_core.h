@@ -137,7 +137,9 @@
     /* published_ref.c: the test type for ftmap_ref */                                             \
     X(PublishedRefType)                                                                            \
     X(PayloadType)                                                                                 \
-    /* the map types: one line each, added by the per-map C files */
+    /* the map types: one line each, added by the per-map C files */                              \
+    X(UnsafeMapBaseType)                                                                           \
+    X(UnsafeMapIteratorType)
 
 typedef struct {
 #define FTMAP_STATE_FIELD(name) PyObject *name;
@@ -151,7 +153,8 @@ typedef struct {
  * module (PyModule_AddObjectRef) and returns 0, or sets an exception and returns -1. */
 #define FTMAP_PARTS(X)                                                                             \
     X(fnv)                                                                                         \
-    X(published_ref)
+    X(published_ref)                                                                               \
+    X(unsafemap)
 
 #define FTMAP_DECLARE_EXEC(name) int ftmap_##name##_exec(PyObject *module, ftmap_state *st);
 FTMAP_PARTS(FTMAP_DECLARE_EXEC)
