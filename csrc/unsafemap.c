@@ -4,8 +4,8 @@
  * this file implements the same checks, with the same results, exceptions and reports. The
  * public class is ftmap._unsafe_c.UnsafeMap, a thin Python subclass of UnsafeMapBase that keeps
  * the cold methods (pop, setdefault, update, repr, ==, copy, pickling, the views) and builds the
- * race reports; the hot paths are here: m[k], get, in, len, m[k] = v, del m[k] and every
- * iteration step.
+ * race reports; the hot paths are here: m[k], get, in, len, m[k] = v, del m[k], pop,
+ * setdefault and every iteration step.
  *
  * Go's runtime keeps a "being written" flag in the map header (hashWriting), set for the span of
  * every write and checked when a read, an iteration step or another write starts. Here:
@@ -368,6 +368,67 @@ umap_ass_subscript(PyObject *op, PyObject *key, PyObject *value)
     return rc;
 }
 
+/* pop(key[, default], /): dict.pop under the claim. */
+static PyObject *
+umap_pop(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    UnsafeMapObject *self = (UnsafeMapObject *)op;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "pop expected %s arguments, got %zd",
+                     nargs < 1 ? "at least 1" : "at most 2", nargs);
+        return NULL;
+    }
+    PyObject *key = args[0];
+    uintptr_t me = current_ident();
+    int claimed = claim_take(self, me, "pop", key);
+    if (claimed < 0) {
+        return NULL;
+    }
+    /* May run the key's __hash__/__eq__: errors come back here; the claim goes on every path. */
+    PyObject *value = NULL;
+    int found = PyDict_Pop(self->data, key, &value);
+    if (found == 0) {
+        if (nargs == 2) {
+            value = Py_NewRef(args[1]);
+        }
+        else {
+            PyObject *wrapped = PyTuple_Pack(1, key); /* dict's own KeyError */
+            if (wrapped != NULL) {
+                PyErr_SetObject(PyExc_KeyError, wrapped);
+                Py_DECREF(wrapped);
+            }
+        }
+    }
+    if (claimed) {
+        claim_release(self, me);
+    }
+    return value;
+}
+
+/* setdefault(key, default=None, /): dict.setdefault under the claim. */
+static PyObject *
+umap_setdefault(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    UnsafeMapObject *self = (UnsafeMapObject *)op;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "setdefault expected %s arguments, got %zd",
+                     nargs < 1 ? "at least 1" : "at most 2", nargs);
+        return NULL;
+    }
+    PyObject *key = args[0];
+    uintptr_t me = current_ident();
+    int claimed = claim_take(self, me, "setdefault", key);
+    if (claimed < 0) {
+        return NULL;
+    }
+    PyObject *value = NULL;
+    (void)PyDict_SetDefaultRef(self->data, key, nargs == 2 ? args[1] : Py_None, &value);
+    if (claimed) {
+        claim_release(self, me);
+    }
+    return value;
+}
+
 /* -- _read and _write: the checks around a Python callable, for the cold methods ---------------- */
 
 /* _read(op, fn, *args): fn(*args) as a read named op, checked on entry and on exit. */
@@ -688,6 +749,10 @@ uiter_dealloc(PyObject *op)
 static PyMethodDef umap_methods[] = {
     {"get", _PyCFunction_CAST(umap_get), METH_FASTCALL,
      "get(key, default=None, /): the value for key, or default."},
+    {"pop", _PyCFunction_CAST(umap_pop), METH_FASTCALL,
+     "pop(key[, default], /): remove key and return its value, or default (KeyError without)."},
+    {"setdefault", _PyCFunction_CAST(umap_setdefault), METH_FASTCALL,
+     "setdefault(key, default=None, /): the value for key, inserting default if absent."},
     {"_read", _PyCFunction_CAST(umap_read_call), METH_FASTCALL,
      "_read(op, fn, *args): fn(*args), checked as a read named op."},
     {"_write", _PyCFunction_CAST(umap_write_call), METH_FASTCALL | METH_KEYWORDS,

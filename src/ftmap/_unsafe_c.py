@@ -2,11 +2,11 @@
 
 The semantics are the pure map's (src/ftmap/_unsafe.py, the reference; its docstring
 describes the checks). ``UnsafeMapBase`` (csrc/unsafemap.c) implements the hot paths,
-``m[k]``, ``get``, ``in``, ``len``, ``m[k] = v``, ``del m[k]`` and every iteration step,
-and the two ways in that the methods here use: ``_read(op, fn, *args)`` and
-``_write(op, fn, *args, key=...)``, the same checks as the pure map's methods of those
-names. The write claim is a real atomic compare-and-swap on the ident of the writing
-thread; the counter of finished writes is an atomic integer.
+``m[k]``, ``get``, ``in``, ``len``, ``m[k] = v``, ``del m[k]``, ``pop``, ``setdefault``
+and every iteration step, and the two ways in that the methods here use:
+``_read(op, fn, *args)`` and ``_write(op, fn, *args, key=...)``, the same checks as the
+pure map's methods of those names. The write claim is a real atomic compare-and-swap on
+the ident of the writing thread; the counter of finished writes is an atomic integer.
 
 Asynchronous exceptions: C code is never interrupted, so an asynchronous exception can
 only come out of Python code the C code calls (a key's ``__hash__``/``__eq__``, a
@@ -45,7 +45,6 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 _core: Any = importlib.import_module("ftmap._core")
-_MISSING: Any = object()
 
 # _iter's kinds (csrc/unsafemap.c).
 _KEYS, _KEYS_REVERSED, _VALUES, _VALUES_REVERSED, _ITEMS, _ITEMS_REVERSED = range(6)
@@ -67,7 +66,7 @@ class UnsafeMap(_core.UnsafeMapBase, MutableMapping[K, V]):  # type: ignore[misc
 
     # Inherited from UnsafeMapBase (C): _data (the dict, never replaced), _state (the pure
     # map's _state, rebuilt for inspection), __getitem__, get, __contains__, __len__,
-    # __setitem__, __delitem__, __iter__, _read, _write, _iter, _reset.
+    # __setitem__, __delitem__, pop, setdefault, __iter__, _read, _write, _iter, _reset.
     _data: dict[K, V]
     reports: list[ConcurrentMapError]
 
@@ -125,19 +124,10 @@ class UnsafeMap(_core.UnsafeMapBase, MutableMapping[K, V]):  # type: ignore[misc
 
     # -- writes ------------------------------------------------------------------------------
 
-    def pop(self, key: K, default: object = _MISSING, /) -> Any:
-        if default is _MISSING:
-            return self._write("pop", self._data.pop, key, key=key)
-        return self._write("pop", self._data.pop, key, default, key=key)
-
     def popitem(self) -> tuple[K, V]:
         """Remove and return the most recently inserted item, as dict does."""
         item: tuple[K, V] = self._write("popitem", self._data.popitem)
         return item
-
-    def setdefault(self, key: K, default: V = None, /) -> V:  # type: ignore[assignment, override]
-        value: V = self._write("setdefault", self._data.setdefault, key, default, key=key)
-        return value
 
     def update(self, other: Any = (), /, **kwargs: V) -> None:
         """Update from a mapping or pairs, as dict.update: one write for the whole batch."""
