@@ -78,11 +78,17 @@ class Forwarding(MutableMapping[str, int]):
         return iter(self._data)
 
 
-def per_op_ns(body: str, mapping: object, repeat: int) -> float:
-    namespace = {"KEYS": KEYS, "m": mapping}
+def per_op_ns(body: str, mappings: list[object], repeat: int) -> list[float]:
+    """ns per operation for each mapping, best of ``repeat``. The repetitions are interleaved
+    (dict, C, pure, forwarding, dict, ...), so that a noisy neighbour slows every column alike
+    instead of whichever happened to be measured at the time."""
     number = 100
-    best = min(timeit.repeat(body, globals=namespace, number=number, repeat=repeat))
-    return best / number / len(KEYS) * 1e9
+    timers = [timeit.Timer(body, globals={"KEYS": KEYS, "m": mapping}) for mapping in mappings]
+    best = [float("inf")] * len(timers)
+    for _ in range(repeat):
+        for index, timer in enumerate(timers):
+            best[index] = min(best[index], timer.timeit(number))
+    return [seconds / number / len(KEYS) * 1e9 for seconds in best]
 
 
 def main() -> None:
@@ -98,12 +104,13 @@ def main() -> None:
     print(header + " bar (C) | bare forwarding class ns/op | its ratio |")
     print(rule + "---:|---:|---:|")
     for name, body in OPERATIONS.items():
-        plain = per_op_ns(body, dict.fromkeys(KEYS, 0), repeat)
+        mappings = [dict.fromkeys(KEYS, 0)]
+        mappings += [variants[variant](dict.fromkeys(KEYS, 0)) for variant in names]
+        mappings.append(Forwarding(dict.fromkeys(KEYS, 0)))
+        plain, *checked, floor = per_op_ns(body, mappings, repeat)
         row = f"| {name} | {plain:.1f} |"
-        for variant in names:
-            checked = per_op_ns(body, variants[variant](dict.fromkeys(KEYS, 0)), repeat)
-            row += f" {checked:.1f} | {checked / plain:.2f}x |"
-        floor = per_op_ns(body, Forwarding(dict.fromkeys(KEYS, 0)), repeat)
+        for ns in checked:
+            row += f" {ns:.1f} | {ns / plain:.2f}x |"
         bar = f"{BARS[name]:.1f}x" if name in BARS else "-"
         print(f"{row} {bar} | {floor:.1f} | {floor / plain:.2f}x |")
 

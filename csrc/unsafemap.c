@@ -294,8 +294,8 @@ umap_get(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     UnsafeMapObject *self = (UnsafeMapObject *)op;
     if (nargs < 1 || nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "get expected %s arguments, got %zd",
-                     nargs < 1 ? "at least 1" : "at most 2", nargs);
+        PyErr_Format(PyExc_TypeError, "get expected %s, got %zd",
+                     nargs < 1 ? "at least 1 argument" : "at most 2 arguments", nargs);
         return NULL;
     }
     PyObject *key = args[0];
@@ -374,8 +374,8 @@ umap_pop(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     UnsafeMapObject *self = (UnsafeMapObject *)op;
     if (nargs < 1 || nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "pop expected %s arguments, got %zd",
-                     nargs < 1 ? "at least 1" : "at most 2", nargs);
+        PyErr_Format(PyExc_TypeError, "pop expected %s, got %zd",
+                     nargs < 1 ? "at least 1 argument" : "at most 2 arguments", nargs);
         return NULL;
     }
     PyObject *key = args[0];
@@ -411,8 +411,8 @@ umap_setdefault(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     UnsafeMapObject *self = (UnsafeMapObject *)op;
     if (nargs < 1 || nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "setdefault expected %s arguments, got %zd",
-                     nargs < 1 ? "at least 1" : "at most 2", nargs);
+        PyErr_Format(PyExc_TypeError, "setdefault expected %s, got %zd",
+                     nargs < 1 ? "at least 1 argument" : "at most 2 arguments", nargs);
         return NULL;
     }
     PyObject *key = args[0];
