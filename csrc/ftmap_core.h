@@ -137,8 +137,9 @@
     /* published_ref.c: the test type for ftmap_ref */                                             \
     X(PublishedRefType)                                                                            \
     X(PayloadType)                                                                                 \
-    /* the map types: one line each, added by the per-map C files */                            \
-    X(SyncMapBaseType) X(SyncEntryType) X(SyncDeleted) X(SyncExpunged)
+    /* the map types: one line each, added by the per-map C files */                               \
+    X(SyncMapBaseType) X(SyncEntryType) X(SyncDeleted) X(SyncExpunged)                             \
+    X(UnsafeMapBaseType) X(UnsafeMapIteratorType)
 
 typedef struct {
 #define FTMAP_STATE_FIELD(name) PyObject *name;
@@ -153,7 +154,8 @@ typedef struct {
 #define FTMAP_PARTS(X)                                                                             \
     X(fnv)                                                                                         \
     X(published_ref)                                                                               \
-    X(syncmap)
+    X(syncmap)                                                                                     \
+    X(unsafemap)
 
 #define FTMAP_DECLARE_EXEC(name) int ftmap_##name##_exec(PyObject *module, ftmap_state *st);
 FTMAP_PARTS(FTMAP_DECLARE_EXEC)

@@ -61,6 +61,7 @@ from collections.abc import (
 )
 from typing import Any, TypeVar, overload
 
+from . import _impl
 from ._errors import (
     NO_KEY,
     ConcurrentIterationError,
@@ -290,7 +291,7 @@ class UnsafeMap(MutableMapping[K, V]):
     __copy__ = copy
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self._read("pickle", self._data.copy),))
+        return _impl.reduce(self, "UnsafeMap", (self._read("pickle", self._data.copy),))
 
     # -- iteration -------------------------------------------------------------
 

@@ -248,14 +248,28 @@ def test_size_change_between_steps_by_another_thread_raises_as_a_dict_does(
 
 
 @contextmanager
-def inside_the_next_c_call(action: Callable[[], object]) -> Iterator[list[bool]]:
+def inside_the_next_c_call(action: Callable[[], object], steps: Iterator[Any]) -> Iterator[list[bool]]:
     """Run action() once, on this thread, just before an UnsafeMap iterator calls next().
 
     A profile hook sees every call to a C function before it runs: this holds an
     iteration step open, between its entry check and its dict step, for as long as
     action takes (action runs a whole write on another thread and waits for it).
+    The C iterator's step is one C function with no call to see: its test hook
+    (compiled into ftmap's own builds only) runs action at the same place.
     """
     done = [False]
+    if hasattr(steps, "_test_inside_step"):
+
+        def inside() -> None:
+            done[0] = True
+            action()
+
+        steps._test_inside_step = inside
+        try:
+            yield done
+        finally:
+            steps._test_inside_step = None
+        return
 
     def hook(frame: types.FrameType, event: str, arg: object) -> None:
         # The call of next() made by the iterator's __next__, not the test's own call.
@@ -287,7 +301,7 @@ def test_write_that_finishes_during_an_iteration_step_is_reported(
         writer[0].join()
 
     with (
-        inside_the_next_c_call(write_on_another_thread) as done,
+        inside_the_next_c_call(write_on_another_thread, steps) as done,
         pytest.raises(ConcurrentIterationError, match=r"^concurrent map iteration and map write") as caught,
     ):
         next(steps)
