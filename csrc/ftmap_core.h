@@ -137,6 +137,7 @@
     /* published_ref.c: the test type for ftmap_ref */                                             \
     X(PublishedRefType)                                                                            \
     X(PayloadType)                                                                                 \
+    X(ShardedMapBaseType)                                                                          \
     /* the map types: one line each, added by the per-map C files */
 
 typedef struct {
@@ -151,6 +152,7 @@ typedef struct {
  * module (PyModule_AddObjectRef) and returns 0, or sets an exception and returns -1. */
 #define FTMAP_PARTS(X)                                                                             \
     X(fnv)                                                                                         \
+    X(shardedmap)                                                                                  \
     X(published_ref)
 
 #define FTMAP_DECLARE_EXEC(name) int ftmap_##name##_exec(PyObject *module, ftmap_state *st);
