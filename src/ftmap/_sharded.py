@@ -51,10 +51,10 @@ csrc/ftmap_fnv.h): FNV-1a 64 over the 8 bytes of hash(key), MurmurHash3's fmix64
 to 32 bits, the top log2(shards) bits. So ``shard_index`` agrees between the C and the pure
 map, and a pickle moves between them with every key on the same shard. In C it costs a few
 nanoseconds; in pure Python, where an operation on a 64-bit int costs 30-40 ns on 3.13t, some
-2.4 us, so the pure map caches it per map, by hash(key) (``_places``, bounded to
-``_PLACES_MAX`` entries): a cached key costs one dict read, about what the previous default
-(a tuple hash and Fibonacci hashing, 216 ns) cost. The FNV functions stay available as
-hashers: fnv1_32 places string keys as Go's orcaman does.
+2.4 us, so the pure map caches it per map, by hash(key) (``_places``, bounded by the
+larger of ``_PLACES_MIN`` entries and the map's size): a cached key costs one dict read,
+about what the previous default (a tuple hash and Fibonacci hashing, 216 ns) cost. The FNV
+functions stay available as hashers: fnv1_32 places string keys as Go's orcaman does.
 """
 
 from __future__ import annotations
@@ -83,9 +83,10 @@ V = TypeVar("V")
 D = TypeVar("D")
 
 MAX_SHARDS = 1 << 20
-# The most entries a map's placement cache (_places) keeps before it starts again: bounds its
-# memory (about 100 bytes an entry) while a working set of up to this many keys stays cached.
-_PLACES_MAX = 1 << 13
+# A map's placement cache (_places) starts again when it holds this many entries and at least
+# as many as the map has keys: every key of the map stays cached, and keys looked up but absent
+# cannot grow it past the map's own size (about 70-100 bytes an entry: a hash int and a slot).
+_PLACES_MIN = 1 << 13
 _get_ident = threading.get_ident
 # The operations whose callback runs under the shard lock: a recursive update from
 # there is reported as coming from the callback.
@@ -135,8 +136,9 @@ class ShardedMap(ItemsBackedMap[K, V]):
     # _places: hash(key) -> shard index under the default placement (shard_of(key, _bits)),
     #   a cache: the FNV placement costs some 2.4 us in pure Python, a cache hit one dict
     #   read. Any thread reads and writes it with single dict operations (each atomic); it
-    #   is cleared when it reaches _PLACES_MAX entries. Every entry is correct whenever it is
-    #   seen, so races between those operations only cost recomputation. Assigned last in
+    #   is cleared when it holds _PLACES_MIN entries and at least len(self). Every entry
+    #   is correct whenever it is seen, so races between those operations only cost
+    #   recomputation. Assigned last in
     #   __init__: a map that has it has every field.
     # _hasher, _mask, _bits: fixed at construction.
 
@@ -179,7 +181,7 @@ class ShardedMap(ItemsBackedMap[K, V]):
         """The default placement of a key whose hash() is hash_, computed and cached."""
         index = _shard_of_hash(hash_, self._bits)
         places = self._places
-        if len(places) >= _PLACES_MAX:
+        if len(places) >= _PLACES_MIN and len(places) >= len(self):
             places.clear()
         places[hash_] = index
         return index
