@@ -139,7 +139,8 @@
     X(PayloadType)                                                                                 \
     /* the map types: one line each, added by the per-map C files */                               \
     X(SyncMapBaseType) X(SyncEntryType) X(SyncDeleted) X(SyncExpunged)                             \
-    X(UnsafeMapBaseType) X(UnsafeMapIteratorType)
+    X(UnsafeMapBaseType) X(UnsafeMapIteratorType)                                                  \
+    X(ShardedMapBaseType)
 
 typedef struct {
 #define FTMAP_STATE_FIELD(name) PyObject *name;
@@ -155,7 +156,8 @@ typedef struct {
     X(fnv)                                                                                         \
     X(published_ref)                                                                               \
     X(syncmap)                                                                                     \
-    X(unsafemap)
+    X(unsafemap)                                                                                   \
+    X(shardedmap)
 
 #define FTMAP_DECLARE_EXEC(name) int ftmap_##name##_exec(PyObject *module, ftmap_state *st);
 FTMAP_PARTS(FTMAP_DECLARE_EXEC)

@@ -75,6 +75,7 @@ PURE: dict[str, str] = {
 # Where a name's C variant lives when it is not ftmap._core itself: a Python module whose class
 # subclasses a C type from ftmap._core. That module is imported only where the C core imports.
 C_MODULES: dict[str, str] = {
+    "ShardedMap": "ftmap._sharded_c",
     "SyncMap": "ftmap._sync_c",
     "UnsafeMap": "ftmap._unsafe_c",
 }

@@ -46,17 +46,15 @@ no delivery point, before that release. One exception per operation: a
 second one delivered while the first unwinds is outside any pure-Python
 guarantee.
 
-The default placement: CPython's tuple hash of (key,), which runs hash(key)
-through an xxHash-style multiply-rotate in C, then Fibonacci hashing of its
-low 30 bits (one multiply by 2**30 / golden ratio, keeping the top bits).
-Measured on 3.13t (see the README), where an arithmetic operation on a
-64-bit int costs 30-40 ns and a multiply of two ints under 2**30 is the one
-cheap case: one FNV-1a round folded over hash(key), and even two, leave
-keys that are multiples of the shard count on one shard (chi-square p =
-0.000); 64-bit Fibonacci hashing spreads well but costs 340 ns a key; the
-byte-wise FNV functions are exact but cost some 2.6 us. This placement
-passes every distribution test at 216 ns. The FNV functions stay available
-as hashers: fnv1_32 places string keys as Go's orcaman does.
+The default placement is FNV, the same in both implementations (ftmap._fnv.shard_of,
+csrc/ftmap_fnv.h): FNV-1a 64 over the 8 bytes of hash(key), MurmurHash3's fmix64, xor-folded
+to 32 bits, the top log2(shards) bits. So ``shard_index`` agrees between the C and the pure
+map, and a pickle moves between them with every key on the same shard. In C it costs a few
+nanoseconds; in pure Python, where an operation on a 64-bit int costs 30-40 ns on 3.13t, some
+2.4 us, so the pure map caches it per map, by hash(key) (``_places``, bounded by the
+larger of ``_PLACES_MIN`` entries and the map's size): a cached key costs one dict read,
+about what the previous default (a tuple hash and Fibonacci hashing, 216 ns) cost. The FNV
+functions stay available as hashers: fnv1_32 places string keys as Go's orcaman does.
 """
 
 from __future__ import annotations
@@ -70,8 +68,12 @@ from collections.abc import (
 )
 from typing import Any, TypeVar, overload
 
+from . import _impl
 from ._base import ItemsBackedMap, same_value
 from ._errors import RecursiveUpdateError, _recursive_update
+from ._fnv import MASK_64 as _MASK_64
+from ._fnv import OFFSET_64 as _OFFSET_64
+from ._fnv import PRIME_64 as _PRIME_64
 from ._markers import DELETE, MISSING, marker_error
 
 __all__ = ["ShardedMap"]
@@ -80,9 +82,11 @@ K = TypeVar("K")
 V = TypeVar("V")
 D = TypeVar("D")
 
-_MASK_30 = 0x3FFFFFFF
-_GOLDEN_30 = 0x278DDE6D  # 2**30 / golden ratio, odd: a product of two ints < 2**30 stays fast
 MAX_SHARDS = 1 << 20
+# A map's placement cache (_places) starts again when it holds this many entries and at least
+# as many as the map has keys: every key of the map stays cached, and keys looked up but absent
+# cannot grow it past the map's own size (about 70-100 bytes an entry: a hash int and a slot).
+_PLACES_MIN = 1 << 13
 _get_ident = threading.get_ident
 # The operations whose callback runs under the shard lock: a recursive update from
 # there is reported as coming from the callback.
@@ -95,8 +99,8 @@ class ShardedMap(ItemsBackedMap[K, V]):
     """A map of ``shards`` dicts, each behind its own lock; every single-key operation atomic.
 
     ``shards`` is a power of two (default 32). ``hasher(key) -> int`` picks a
-    key's shard as ``hasher(key) & (shards - 1)``; by default Fibonacci
-    hashing of ``hash(key)``. Reads take no lock; writes and compound
+    key's shard as ``hasher(key) & (shards - 1)``; by default FNV-1a
+    over ``hash(key)`` (``ftmap.shard_of``). Reads take no lock; writes and compound
     operations take the key's shard lock. Code that runs under a shard lock
     (callbacks, a key's ``__hash__``/``__eq__``, a ``__del__``) may read the
     map but not change it: RecursiveUpdateError, raised before any lock is
@@ -113,7 +117,7 @@ class ShardedMap(ItemsBackedMap[K, V]):
     writes meanwhile.
     """
 
-    __slots__ = ("__weakref__", "_dicts", "_hasher", "_holding", "_locks", "_mask", "_shift")
+    __slots__ = ("__weakref__", "_bits", "_dicts", "_hasher", "_holding", "_locks", "_mask", "_places")
 
     # _dicts[i], _locks[i]: shard i's content and its lock (an RLock, only ever held
     #   once: see _holding). Reads use _dicts[i] with no lock; every change to
@@ -129,7 +133,14 @@ class ShardedMap(ItemsBackedMap[K, V]):
     #   reused by new ones, so it holds about as many cells as threads ever ran at
     #   once. Per-thread cells, not one shared dict written on every operation:
     #   threads writing one dict contend for it (measured: 2 threads' writes 35% slower).
-    # _hasher, _mask, _shift: fixed at construction.
+    # _places: hash(key) -> shard index under the default placement (shard_of(key, _bits)),
+    #   a cache: the FNV placement costs some 2.4 us in pure Python, a cache hit one dict
+    #   read. Any thread reads and writes it with single dict operations (each atomic); it
+    #   is cleared when it holds _PLACES_MIN entries and at least len(self). Every entry
+    #   is correct whenever it is seen, so races between those operations only cost
+    #   recomputation. Assigned last in
+    #   __init__: a map that has it has every field.
+    # _hasher, _mask, _bits: fixed at construction.
 
     def __init__(
         self,
@@ -147,9 +158,10 @@ class ShardedMap(ItemsBackedMap[K, V]):
         self._dicts: list[dict[Any, Any]] = [{} for _ in range(shards)]
         self._locks = [threading.RLock() for _ in range(shards)]
         self._mask = shards - 1
-        self._shift = 30 - (shards.bit_length() - 1)
+        self._bits = shards.bit_length() - 1
         self._hasher = hasher
         self._holding: dict[int, list[str | None]] = {}
+        self._places: dict[int, int] = {}
         if other or kwargs:
             self.update(other, **kwargs)
 
@@ -161,8 +173,18 @@ class ShardedMap(ItemsBackedMap[K, V]):
     def shard_index(self, key: K) -> int:
         """The shard that holds (or would hold) key."""
         if self._hasher is None:
-            return (((hash((key,)) & _MASK_30) * _GOLDEN_30) & _MASK_30) >> self._shift
+            index = self._places.get(hash_ := hash(key))
+            return self._place(hash_) if index is None else index
         return self._hasher(key) & self._mask
+
+    def _place(self, hash_: int) -> int:
+        """The default placement of a key whose hash() is hash_, computed and cached."""
+        index = _shard_of_hash(hash_, self._bits)
+        places = self._places
+        if len(places) >= _PLACES_MIN and len(places) >= len(self):
+            places.clear()
+        places[hash_] = index
+        return index
 
     def shard_sizes(self) -> list[int]:
         """Each shard's number of keys, shard by shard."""
@@ -212,7 +234,9 @@ class ShardedMap(ItemsBackedMap[K, V]):
         if cell[0] is not None:
             raise self._recursive(cell[0], op)
         if self._hasher is None:
-            index = (((hash((key,)) & _MASK_30) * _GOLDEN_30) & _MASK_30) >> self._shift
+            index = self._places.get(hash_ := hash(key))
+            if index is None:
+                index = self._place(hash_)
         else:
             index = self._hasher(key) & self._mask
         lock = self._locks[index]
@@ -231,7 +255,9 @@ class ShardedMap(ItemsBackedMap[K, V]):
 
     def __getitem__(self, key: K) -> V:
         if self._hasher is None:
-            index = (((hash((key,)) & _MASK_30) * _GOLDEN_30) & _MASK_30) >> self._shift
+            index = self._places.get(hash_ := hash(key))
+            if index is None:
+                index = self._place(hash_)
         else:
             index = self._hasher(key) & self._mask
         return self._dicts[index][key]  # type: ignore[no-any-return]
@@ -243,14 +269,18 @@ class ShardedMap(ItemsBackedMap[K, V]):
 
     def get(self, key: K, default: object = None, /) -> object:
         if self._hasher is None:
-            index = (((hash((key,)) & _MASK_30) * _GOLDEN_30) & _MASK_30) >> self._shift
+            index = self._places.get(hash_ := hash(key))
+            if index is None:
+                index = self._place(hash_)
         else:
             index = self._hasher(key) & self._mask
         return self._dicts[index].get(key, default)
 
     def __contains__(self, key: object) -> bool:
         if self._hasher is None:
-            index = (((hash((key,)) & _MASK_30) * _GOLDEN_30) & _MASK_30) >> self._shift
+            index = self._places.get(hash_ := hash(key))
+            if index is None:
+                index = self._place(hash_)
         else:
             index = self._hasher(key) & self._mask
         return key in self._dicts[index]
@@ -264,7 +294,9 @@ class ShardedMap(ItemsBackedMap[K, V]):
         if cell[0] is not None:
             raise self._recursive(cell[0], "set")
         if self._hasher is None:
-            index = (((hash((key,)) & _MASK_30) * _GOLDEN_30) & _MASK_30) >> self._shift
+            index = self._places.get(hash_ := hash(key))
+            if index is None:
+                index = self._place(hash_)
         else:
             index = self._hasher(key) & self._mask
         lock = self._locks[index]
@@ -285,7 +317,9 @@ class ShardedMap(ItemsBackedMap[K, V]):
         if cell[0] is not None:
             raise self._recursive(cell[0], "delete")
         if self._hasher is None:
-            index = (((hash((key,)) & _MASK_30) * _GOLDEN_30) & _MASK_30) >> self._shift
+            index = self._places.get(hash_ := hash(key))
+            if index is None:
+                index = self._place(hash_)
         else:
             index = self._hasher(key) & self._mask
         lock = self._locks[index]
@@ -310,7 +344,9 @@ class ShardedMap(ItemsBackedMap[K, V]):
         if cell[0] is not None:
             raise self._recursive(cell[0], "pop")
         if self._hasher is None:
-            index = (((hash((key,)) & _MASK_30) * _GOLDEN_30) & _MASK_30) >> self._shift
+            index = self._places.get(hash_ := hash(key))
+            if index is None:
+                index = self._place(hash_)
         else:
             index = self._hasher(key) & self._mask
         lock = self._locks[index]
@@ -333,7 +369,9 @@ class ShardedMap(ItemsBackedMap[K, V]):
         if cell[0] is not None:
             raise self._recursive(cell[0], "setdefault")
         if self._hasher is None:
-            index = (((hash((key,)) & _MASK_30) * _GOLDEN_30) & _MASK_30) >> self._shift
+            index = self._places.get(hash_ := hash(key))
+            if index is None:
+                index = self._place(hash_)
         else:
             index = self._hasher(key) & self._mask
         lock = self._locks[index]
@@ -375,7 +413,9 @@ class ShardedMap(ItemsBackedMap[K, V]):
         if cell[0] is not None:
             raise self._recursive(cell[0], "compute")
         if self._hasher is None:
-            index = (((hash((key,)) & _MASK_30) * _GOLDEN_30) & _MASK_30) >> self._shift
+            index = self._places.get(hash_ := hash(key))
+            if index is None:
+                index = self._place(hash_)
         else:
             index = self._hasher(key) & self._mask
         lock = self._locks[index]
@@ -416,7 +456,9 @@ class ShardedMap(ItemsBackedMap[K, V]):
         if cell[0] is not None:
             raise self._recursive(cell[0], "merge")
         if self._hasher is None:
-            index = (((hash((key,)) & _MASK_30) * _GOLDEN_30) & _MASK_30) >> self._shift
+            index = self._places.get(hash_ := hash(key))
+            if index is None:
+                index = self._place(hash_)
         else:
             index = self._hasher(key) & self._mask
         lock = self._locks[index]
@@ -593,13 +635,45 @@ class ShardedMap(ItemsBackedMap[K, V]):
     __copy__ = copy
 
     def __reduce__(self) -> tuple[object, ...]:
-        if self._hasher is not None:
-            return (_rebuild, (dict(self._items()), self.shards, self._hasher))
-        return (type(self), (dict(self._items()), self.shards))
+        kwargs = None if self._hasher is None else {"hasher": self._hasher}
+        return _impl.reduce(self, "ShardedMap", (dict(self._items()), self.shards), kwargs)
+
+    def _debug_state(self) -> dict[str, Any]:
+        """For the tests: shards, the threads marked as holding a shard lock (ident -> operation)
+        and the shards whose lock this thread holds. AttributeError before __init__ finished."""
+        places = self._places  # assigned last: a map without it is not set up
+        del places
+        return {
+            "shards": len(self._dicts),
+            "marked": {ident: cell[0] for ident, cell in self._holding.items() if cell[0] is not None},
+            "locked": [i for i, lock in enumerate(self._locks) if lock._is_owned()],  # type: ignore[attr-defined]
+        }
 
 
 def _rebuild(items: dict[Any, Any], shards: int, hasher: Callable[[Any], int]) -> ShardedMap[Any, Any]:
+    """Loads pickles made before _impl.reduce (kept for them)."""
     return ShardedMap(items, shards, hasher=hasher)
+
+
+def _shard_of_hash(hash_: int, bits: int) -> int:
+    """ftmap._fnv.shard_of for a key whose hash() is hash_ (csrc/ftmap_fnv.h's ftmap_shard_of_hash):
+    FNV-1a 64 over the 8 bytes of hash_ (unsigned, little-endian), fmix64, xor-folded to 32
+    bits, the top ``bits`` bits. Unrolled: some 2.4 us on 3.13t, which _places caches."""
+    h = hash_ & _MASK_64
+    x = ((_OFFSET_64 ^ (h & 0xFF)) * _PRIME_64) & _MASK_64
+    x = ((x ^ ((h >> 8) & 0xFF)) * _PRIME_64) & _MASK_64
+    x = ((x ^ ((h >> 16) & 0xFF)) * _PRIME_64) & _MASK_64
+    x = ((x ^ ((h >> 24) & 0xFF)) * _PRIME_64) & _MASK_64
+    x = ((x ^ ((h >> 32) & 0xFF)) * _PRIME_64) & _MASK_64
+    x = ((x ^ ((h >> 40) & 0xFF)) * _PRIME_64) & _MASK_64
+    x = ((x ^ ((h >> 48) & 0xFF)) * _PRIME_64) & _MASK_64
+    x = ((x ^ (h >> 56)) * _PRIME_64) & _MASK_64
+    x ^= x >> 33
+    x = (x * 0xFF51AFD7ED558CCD) & _MASK_64
+    x ^= x >> 33
+    x = (x * 0xC4CEB9FE1A85EC53) & _MASK_64
+    x ^= x >> 33
+    return ((x ^ (x >> 32)) & 0xFFFFFFFF) >> (32 - bits) if bits else 0
 
 
 def _snapshot(data: dict[Any, Any]) -> list[tuple[Any, Any]]:

@@ -44,10 +44,10 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import ShardedMap  # the selected implementation (C when ftmap.implementation == "c")
 from ._config import ConfigWatcher
 from ._errors import ConcurrentMapError
 from ._markers import DELETE, MISSING
-from ._sharded import ShardedMap
 from ._snapshot import SnapshotMap
 from ._sync import SyncMap
 from ._threads import run_together

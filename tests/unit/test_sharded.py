@@ -493,3 +493,20 @@ def test_markers_are_accepted_where_nothing_is_stored() -> None:
     assert m.get("zz", MISSING) is MISSING and m.pop("zz", DELETE) is DELETE
     assert not m.replace("a", MISSING, 2) and not m.remove("a", DELETE) and m == {"a": 1}
     assert m.upsert("a", MISSING, lambda exists, old, new: old + 1) == 2
+
+
+def test_the_pure_maps_placement_cache_agrees_with_shard_of_and_stays_bounded() -> None:
+    # Pure-only internals (the C map computes the placement every time, in nanoseconds).
+    from ftmap._fnv import shard_of  # noqa: PLC0415
+    from ftmap._sharded import _PLACES_MIN  # noqa: PLC0415
+    from ftmap._sharded import ShardedMap as PureShardedMap  # noqa: PLC0415
+
+    m: PureShardedMap[int, int] = PureShardedMap(shards=64)
+    for i in range(3 * _PLACES_MIN):  # absent keys cannot grow it past the minimum
+        assert m.get(i) is None
+        assert len(m._places) <= _PLACES_MIN
+    m.update({i: i for i in range(3 * _PLACES_MIN)})  # a bigger map keeps every key cached
+    assert all(m[i] == i for i in range(3 * _PLACES_MIN))
+    assert len(m._places) <= 3 * _PLACES_MIN
+    assert all(m.shard_index(i) == shard_of(i, 6) for i in range(0, 3 * _PLACES_MIN, 7))
+    assert sorted(m._places.items()) == sorted((hash(i), shard_of(i, 6)) for i in m._places)
