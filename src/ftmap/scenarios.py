@@ -44,14 +44,12 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import ShardedMap  # the selected implementation (C when ftmap.implementation == "c")
+# The selected implementations (C when ftmap.implementation == "c").
+from . import ShardedMap, SnapshotMap, SyncMap, UnsafeMap
 from ._config import ConfigWatcher
 from ._errors import ConcurrentMapError
 from ._markers import DELETE, MISSING
-from ._snapshot import SnapshotMap
-from ._sync import SyncMap
 from ._threads import run_together
-from ._unsafe import UnsafeMap
 
 __all__ = ["SCENARIOS", "SYNC_MODES", "Outcome", "Scenario", "run_scenario"]
 

@@ -199,4 +199,3 @@ def test_a_source_that_cannot_load_raises_its_error_from_the_constructor() -> No
         ConfigWatcher(SnapshotMap(), FailingSource(1, {}))
     watcher = ConfigWatcher(SnapshotMap(), FailingSource(1, {}), must_load=False)
     assert isinstance(watcher.status.current_error, ConnectionRefusedError)
-
