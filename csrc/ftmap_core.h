@@ -137,7 +137,12 @@
     /* published_ref.c: the test type for ftmap_ref */                                             \
     X(PublishedRefType)                                                                            \
     X(PayloadType)                                                                                 \
-    /* the map types: one line each, added by the per-map C files */
+    /* the map types: one line each, added by the per-map C files */                              \
+    X(SnapshotMapType)                                                                             \
+    X(SnapshotReaderType)                                                                          \
+    X(snapshot_str_version)                                                                        \
+    X(snapshot_str_next)                                                                           \
+    X(snapshot_str__tail)
 
 typedef struct {
 #define FTMAP_STATE_FIELD(name) PyObject *name;
@@ -151,7 +156,8 @@ typedef struct {
  * module (PyModule_AddObjectRef) and returns 0, or sets an exception and returns -1. */
 #define FTMAP_PARTS(X)                                                                             \
     X(fnv)                                                                                         \
-    X(published_ref)
+    X(published_ref)                                                                               \
+    X(snapshotmap)
 
 #define FTMAP_DECLARE_EXEC(name) int ftmap_##name##_exec(PyObject *module, ftmap_state *st);
 FTMAP_PARTS(FTMAP_DECLARE_EXEC)

@@ -74,7 +74,9 @@ PURE: dict[str, str] = {
 
 # Where a name's C variant lives when it is not ftmap._core itself: a Python module whose class
 # subclasses a C type from ftmap._core. That module is imported only where the C core imports.
-C_MODULES: dict[str, str] = {}
+C_MODULES: dict[str, str] = {
+    "SnapshotMap": "ftmap._snapshot_c",
+}
 
 # Written by setup.py when the C core was not built for this interpreter's ABI.
 _BUILD_FAILURE = Path(__file__).with_name(
