@@ -221,7 +221,7 @@ static PyObject *
 map_get(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0) {
-        PyErr_SetString(PyExc_TypeError, "dict.get() takes no keyword arguments");
+        PyErr_SetString(PyExc_TypeError, "Snapshot.get() takes no keyword arguments");
         return NULL;
     }
     if (nargs < 1 || nargs > 2) {
@@ -380,6 +380,48 @@ map_publish(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+#ifdef FTMAP_TEST_HOOKS
+/* TEST ONLY: the deliberately naive load-then-incref of the current snapshot, a use after free
+ * under concurrent publishing; tests/stress/test_snapshot_uaf.py proves its harness catches it. */
+static PyObject *
+map_naive_snapshot(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    PyObject *snap = (PyObject *)ftmap_atomic_load_ptr_acquire(&MAP(op)->current._obj);
+    if (snap == NULL) {
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(snap);
+    return snap;
+}
+
+/* TEST ONLY: _check_loads(n, expected_type, naive) -> how many of n loads (safe, or naive) gave
+ * an object of another type: the use-after-free stress test's tight loop. */
+static PyObject *
+map_check_loads(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyLong_Check(args[0]) || !PyType_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "_check_loads(n, expected_type, naive)");
+        return NULL;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(args[0]);
+    int naive = PyObject_IsTrue(args[2]);
+    if ((n == -1 && PyErr_Occurred()) || naive < 0) {
+        return NULL;
+    }
+    Py_ssize_t wrong = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *snap = naive ? map_naive_snapshot(op, NULL) : ftmap_ref_load(&MAP(op)->current);
+        if (snap == NULL) {
+            return NULL;
+        }
+        wrong += !Py_IS_TYPE(snap, (PyTypeObject *)args[1]);
+        Py_DECREF(snap);
+    }
+    return PyLong_FromSsize_t(wrong);
+}
+#endif
+
 PyDoc_STRVAR(map_get_doc, "get($self, key, default=None, /)\n--\n\n"
                           "Return the value for key if key is in the dictionary, else default.");
 PyDoc_STRVAR(map_snapshot_doc, "snapshot($self, /)\n--\n\n"
@@ -391,6 +433,11 @@ static PyMethodDef map_methods[] = {
     {"_publish", _PyCFunction_CAST(map_publish), METH_FASTCALL,
      "_publish(new, history, tail, node): SnapshotMap._write's publish (writer lock held)."},
     {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, "See PEP 585."},
+#ifdef FTMAP_TEST_HOOKS
+    {"_naive_snapshot", map_naive_snapshot, METH_NOARGS, "TEST ONLY: load then incref (unsafe)."},
+    {"_check_loads", _PyCFunction_CAST(map_check_loads), METH_FASTCALL,
+     "TEST ONLY: _check_loads(n, expected_type, naive) -> loads of another type."},
+#endif
     {NULL, NULL, 0, NULL},
 };
 
