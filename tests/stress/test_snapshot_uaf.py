@@ -111,7 +111,6 @@ def snapshot_hammer(
     )
 
 
-@pytest.mark.parallel_threads(1)  # a timed hammer of its own threads
 def test_published_snapshots_are_never_used_after_free() -> None:
     result = snapshot_hammer(naive=False, seconds=SECONDS)
     assert not result.errors, result.errors
@@ -141,7 +140,6 @@ needs_test_hooks = pytest.mark.skipif(
 
 
 @needs_test_hooks
-@pytest.mark.parallel_threads(1)
 def test_the_naive_load_of_the_snapshot_is_caught() -> None:
     status, output = run_in_process("naive", SECONDS)
     observed = "bad=0 " not in output or "errors=0 " not in output
@@ -149,7 +147,6 @@ def test_the_naive_load_of_the_snapshot_is_caught() -> None:
 
 
 @needs_test_hooks
-@pytest.mark.parallel_threads(1)
 def test_the_same_harness_in_a_process_passes_with_the_safe_load() -> None:
     status, output = run_in_process("safe", min(SECONDS, 1.0))
     assert status == 0, output
