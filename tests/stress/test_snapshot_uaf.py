@@ -115,7 +115,10 @@ def test_published_snapshots_are_never_used_after_free() -> None:
     result = snapshot_hammer(naive=False, seconds=SECONDS)
     assert not result.errors, result.errors
     assert result.bad_count == 0, result.bad
-    assert result.writes >= 20_000 and result.reads >= 20_000, (result.writes, result.reads)
+    # Enough work to catch the naive load many times over (it is caught within ~10**4 raw
+    # publishes); under ThreadSanitizer everything runs ~50x slower, and TSan itself is the check.
+    least = 2_000 if _impl.core is not None and _impl.core.build_info["sanitizer"] else 20_000
+    assert result.writes >= least and result.reads >= least, (result.writes, result.reads)
 
 
 def run_in_process(mode: str, seconds: float) -> tuple[int | None, str]:
