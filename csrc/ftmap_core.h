@@ -140,7 +140,9 @@
     /* the map types: one line each, added by the per-map C files */                               \
     X(SyncMapBaseType) X(SyncEntryType) X(SyncDeleted) X(SyncExpunged)                             \
     X(UnsafeMapBaseType) X(UnsafeMapIteratorType)                                                  \
-    X(ShardedMapBaseType)
+    X(ShardedMapBaseType)                                                                          \
+    X(SnapshotMapType) X(SnapshotReaderType)                                                       \
+    X(snapshot_str_version) X(snapshot_str_next) X(snapshot_str__tail)
 
 typedef struct {
 #define FTMAP_STATE_FIELD(name) PyObject *name;
@@ -157,7 +159,8 @@ typedef struct {
     X(published_ref)                                                                               \
     X(syncmap)                                                                                     \
     X(unsafemap)                                                                                   \
-    X(shardedmap)
+    X(shardedmap)                                                                                  \
+    X(snapshotmap)
 
 #define FTMAP_DECLARE_EXEC(name) int ftmap_##name##_exec(PyObject *module, ftmap_state *st);
 FTMAP_PARTS(FTMAP_DECLARE_EXEC)

@@ -76,6 +76,7 @@ PURE: dict[str, str] = {
 # subclasses a C type from ftmap._core. That module is imported only where the C core imports.
 C_MODULES: dict[str, str] = {
     "ShardedMap": "ftmap._sharded_c",
+    "SnapshotMap": "ftmap._snapshot_c",
     "SyncMap": "ftmap._sync_c",
     "UnsafeMap": "ftmap._unsafe_c",
 }

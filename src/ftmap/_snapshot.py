@@ -78,6 +78,7 @@ from collections.abc import (
 from itertools import compress, repeat
 from typing import Any, NoReturn, TypeVar
 
+from . import _impl
 from ._errors import RecursiveUpdateError
 
 __all__ = ["Change", "FrozenDict", "Snapshot", "SnapshotMap", "SnapshotReader", "freeze"]
@@ -595,7 +596,7 @@ class SnapshotMap(MutableMapping[K, V]):
     __copy__ = copy
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (dict(self.snapshot()), self._history_size))
+        return _impl.reduce(self, "SnapshotMap", (dict(self.snapshot()),), {"history": self._history_size})
 
     def history_versions(self) -> list[int]:
         """The versions kept for rollback, oldest first; the last is the current version.

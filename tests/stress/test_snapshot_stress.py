@@ -6,6 +6,7 @@ import random
 import threading
 
 from ftmap import Change, SnapshotMap
+from ftmap._snapshot import SnapshotMap as PureSnapshotMap
 from ftmap.scenarios import SCENARIOS, run_scenario
 from ftmap.testing import run_threads
 
@@ -141,7 +142,8 @@ def test_a_new_reader_is_never_older_than_a_finished_publish(ftmap_seed: int) ->
         return made
 
     run_threads(lambda t, rng: write() if t == 0 else make_readers(t), threads=3, seed=ftmap_seed)
-    assert not m._readers or all(len(flag) == 1 for flag in m._readers.values())
+    if isinstance(m, PureSnapshotMap):  # the pure readers' stale flags (the C readers have none)
+        assert not m._readers or all(len(flag) == 1 for flag in m._readers.values())
 
 
 def test_subscribing_and_unsubscribing_while_others_publish_gives_contiguous_versions(
