@@ -33,10 +33,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import SnapshotMap  # the selected implementation (C when ftmap.implementation == "c")
 from ._config import ConfigWatcher
 from ._etcd import EtcdSource
 from ._etcd_client import EtcdClient, EtcdUnavailableError, compare, op_put
-from ._snapshot import Change, SnapshotMap
+from ._snapshot import Change
 from .testing.etcd import EtcdCluster
 
 TOTAL = 300
