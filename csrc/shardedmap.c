@@ -360,18 +360,28 @@ sharded_setup(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     while (((Py_ssize_t)1 << bits) < n) {
         bits++;
     }
-    self->nshards = n;
-    self->bits = bits;
-    self->hasher = args[1] == Py_None ? NULL : Py_NewRef(args[1]);
-    self->mask = mask;
-    /* Two threads racing to set up one map (never done by ftmap itself): the loser frees its
-     * array, which nobody else has seen. */
-    void *expected = NULL;
-    if (!ftmap_atomic_cas_ptr(&self->shards, &expected, shards)) {
+    /* Two threads racing to set up one map (never done by ftmap itself): the object's critical
+     * section serialises them, so exactly one writes the fields and publishes its array, and the
+     * other sees it published and frees its own array, which nobody else has seen. (Without it
+     * the loser's plain stores of nshards/bits/mask would describe an array that is not the
+     * published one: out-of-bounds shard indices.) Nothing in the section runs Python code. */
+    int won = 0;
+    Py_BEGIN_CRITICAL_SECTION(op);
+    if (ftmap_atomic_load_ptr_acquire(&self->shards) == NULL) {
+        self->nshards = n;
+        self->bits = bits;
+        self->hasher = args[1] == Py_None ? NULL : Py_NewRef(args[1]);
+        self->mask = mask;
+        void *expected = NULL;
+        won = ftmap_atomic_cas_ptr(&self->shards, &expected, shards);
+    }
+    Py_END_CRITICAL_SECTION();
+    if (!won) {
         for (Py_ssize_t i = 0; i < n; i++) {
             Py_DECREF(shards[i].dict);
         }
         PyMem_Free(shards);
+        Py_DECREF(mask);
         PyErr_SetString(PyExc_RuntimeError,
                         "a ShardedMap is set up once: __init__ cannot run again on it");
         return NULL;

@@ -84,7 +84,7 @@ entry_try_swap(SyncEntry *e, PyObject *value, PyObject **previous)
     for (;;) {
         PyObject *old = entry_peek(e);
         if (old == expunged) {
-            Py_DECREF(value);
+            Py_XDECREF(value); /* NULL: the caller asked to swap in "deleted" */
             return 0;
         }
         if (ftmap_ref_cas(&e->p, old, value)) {
@@ -289,7 +289,8 @@ static PyObject *
 entry_get_key(PyObject *op, void *closure)
 {
     (void)closure;
-    return Py_NewRef(((SyncEntry *)op)->key);
+    PyObject *key = ((SyncEntry *)op)->key;
+    return Py_NewRef(key != NULL ? key : Py_None); /* NULL only after tp_clear broke a cycle */
 }
 
 static PyObject *
@@ -429,9 +430,17 @@ read_lookup(SyncMapBase *self, PyObject *key, SyncEntry **entry, int *amended)
     }
     PyObject *found_entry;
     int found = PyDict_GetItemRef(PyTuple_GET_ITEM(read, 0), key, &found_entry);
-    *entry = (SyncEntry *)found_entry;
     *amended = PyTuple_GET_ITEM(read, 1) == Py_True;
     Py_DECREF(read);
+    /* The read map's values are entries whenever ftmap published it; one pointer compare keeps
+     * a read map assigned by hand through the private `_read` from being read as entries. */
+    if (found == 1 && !Py_IS_TYPE(found_entry, (PyTypeObject *)self->state->SyncEntryType)) {
+        Py_DECREF(found_entry);
+        PyErr_SetString(PyExc_TypeError, "SyncMap's read map holds a value that is not an entry");
+        found = -1;
+        found_entry = NULL;
+    }
+    *entry = (SyncEntry *)found_entry;
     return found;
 }
 

@@ -156,3 +156,32 @@ def test_callbacks_reading_the_whole_map_while_others_write_never_deadlock() -> 
     within(120, run)
     assert not errors, errors
     assert len(m) == len(KEYS) and not m._debug_state()["locked"]
+
+
+def test_two_threads_setting_up_one_map_leave_it_consistent() -> None:
+    # Review finding: the loser of the set-up race wrote its shard count and mask before losing
+    # the compare-and-swap, so the published 2-shard array was indexed with 1024-shard indices.
+    # Now exactly one set-up wins and every key's shard is inside the published array.
+    cls = VARIANTS["c"]
+    for round_ in range(300):
+        m = cls.__new__(cls)
+        barrier = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def setup(shards: int, m: Any = m, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait(timeout=10)
+            try:
+                m.__init__(shards=shards)
+            except RuntimeError as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=setup, args=(n,)) for n in (2, 1024)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=10)
+        assert len(errors) == 1 and "set up once" in str(errors[0]), (round_, errors)
+        assert m.shards in (2, 1024)
+        assert all(0 <= m.shard_index(k) < m.shards for k in KEYS), round_
+        m.update(dict.fromkeys(KEYS, 0))
+        assert len(m) == len(KEYS) and sum(m.shard_sizes()) == len(KEYS) and len(m.shard_sizes()) == m.shards

@@ -198,3 +198,28 @@ def test_calls_bind_their_arguments_as_the_pure_methods_do(call: str) -> None:
         return (result, sorted(m.items()))
 
     assert outcome(VARIANTS["c"]) == outcome(VARIANTS["python"])
+
+
+# -- the C entries' private corners (review findings) ------------------------------------------
+
+
+def test_swapping_deleted_into_an_expunged_entry_returns_without_touching_it() -> None:
+    # _SyncEntry.try_swap(_SYNC_DELETED) on an expunged entry decref'd NULL (a crash).
+    m = VARIANTS["c"]()
+    m.store("k", 1)
+    list(m)  # promote: "k" is in the read map
+    m.delete("k")
+    m.store("other", 2)  # builds the dirty map: "k" (deleted) becomes expunged
+    assert [e.expunged for e in m._debug_state().read if e.key == "k"] == [True]
+    entry = m._read[0]["k"]
+    core = _impl.core
+    assert core is not None
+    assert entry.try_swap(core._SYNC_DELETED) is not True
+    assert "k" not in m and m["other"] == 2
+
+
+def test_a_read_map_assigned_by_hand_is_never_read_as_entries() -> None:
+    m = VARIANTS["c"]()
+    m._read = ({"a": 1}, False)
+    with pytest.raises(TypeError, match="not an entry"):
+        m["a"]
