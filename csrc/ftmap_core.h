@@ -142,7 +142,12 @@
     X(UnsafeMapBaseType) X(UnsafeMapIteratorType)                                                  \
     X(ShardedMapBaseType)                                                                          \
     X(SnapshotMapType) X(SnapshotReaderType)                                                       \
-    X(snapshot_str_version) X(snapshot_str_next) X(snapshot_str__tail)
+    X(snapshot_str_version) X(snapshot_str_next) X(snapshot_str__tail)                            \
+    /* the per-thread handles (issue 12): one line each, set by the map's C file */               \
+    X(UnsafeMapHandleBaseType)                                                                     \
+    X(SyncMapHandleBaseType)                                                                       \
+    X(ShardedMapHandleBaseType)                                                                    \
+    X(SnapshotMapHandleBaseType)
 
 typedef struct {
 #define FTMAP_STATE_FIELD(name) PyObject *name;
