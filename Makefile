@@ -2,7 +2,8 @@
 # make tsan: the stress tests against the C core under ThreadSanitizer (also part of make test).
 # make wheel: sdist + wheel, the wheel installed into a fresh free-threaded venv and checked.
 # make bench: the comparison matrix (python -m ftmap.bench) into docs/bench/, in its own
-# venv with the optional C maps and matplotlib; make bench-bars: the issues' speed bars.
+# venv with the optional C maps and matplotlib; make bench-bars: the issues' speed bars;
+# make bench-scaling: issue 12's bars through per-thread handles; make bench-handles: their curves.
 # The interpreters are found or built by ci/free-threaded-python and ci/build-cpython
 # (cached outside the repo, ~/.cache/ftmap); the GIL build for pure Python is the machine's python3.
 #
@@ -45,7 +46,8 @@ TSAN_TESTS   ?= tests/stress/test_core_ref_stress.py tests/stress/test_sync_stre
 CI_TSAN      ?= 1
 
 .PHONY: test lint test-ft test-ft-pure test-parallel test-parallel-pure test-gil test-gil313 \
-        tsan wheel core demo bench bench-quick bench-bars clean etcd fleet-demo
+        tsan wheel core demo bench bench-quick bench-bars bench-scaling bench-handles clean etcd \
+        fleet-demo
 
 test: lint test-ft test-ft-pure test-parallel test-parallel-pure test-gil test-gil313 \
       $(if $(filter 1,$(CI_TSAN)),tsan)
@@ -157,6 +159,15 @@ bench: $(BENCH_VENV)/.installed
 
 bench-quick: $(BENCH_VENV)/.installed
 	$(BENCH) -m ftmap.bench --quick --out ftmap-bench
+
+# Issue 12's scaling bars through per-thread handles (both implementations), with PASS/FAIL.
+bench-scaling: $(FT_VENV)/.core
+	$(FT) -m ftmap.bench.scaling
+
+# The scaling curves through handles beside dict and the C peers: docs/bench/handles/.
+bench-handles: $(BENCH_VENV)/.installed
+	$(BENCH) -m ftmap.bench --keys 1000 --maps 'handles,dict,cereggii,ft_utils' \
+	    --workloads read-only,read-mostly,balanced,disjoint --out docs/bench/handles
 
 bench-bars: $(FT_VENV)/.core
 	$(FT) benchmarks/unsafe_overhead.py

@@ -10,12 +10,16 @@ from typing import Any
 
 import pytest
 
+import ftmap
+from ftmap import _impl
 from ftmap.bench import WORKLOADS, Cell, Contender, GilReenabledError, Report, Settings, main, measure
 from ftmap.bench import _contenders as contenders_module
 from ftmap.bench._contenders import available_contenders, builtin_contenders
 from ftmap.bench._measure import percentile
 from ftmap.bench._report import environment, write_chart
 from ftmap.bench._workloads import compile_batch, make_keys, render_batch
+from ftmap.bench.scaling import _bar, _pairs
+from ftmap.bench.scaling import main as scaling_main
 from tests.conftest import FREE_THREADED
 
 TINY = Settings(duration=0.005, warmup=0.0, repeat=2, memory=False, seed=11)
@@ -247,3 +251,59 @@ def test_bad_arguments_are_refused_clearly(
         main([*argv, "--out", str(tmp_path)])
     assert message in str(exited.value.code) + capsys.readouterr().err
     assert not (tmp_path / "results.json").exists()
+
+
+# -- both implementations, handles, and the scaling bars (issue 12) ----------------------
+
+
+def test_the_pure_maps_follow_as_py_rows_exactly_when_the_c_core_is_exported() -> None:
+    py_rows = {c.name: c for c in BUILTIN if " [py]" in c.name}
+    if ftmap.implementation == "python":
+        assert py_rows == {}
+        return
+    for name in ("UnsafeMap", "SyncMap", "SnapshotMap"):
+        assert py_rows[f"{name} [py]"].build is _impl.variants(name)["python"]
+        assert BY_NAME[name].build is getattr(ftmap, name)
+    sharded = py_rows["ShardedMap(32) [py]"].build
+    assert sharded.func is _impl.variants("ShardedMap")["python"]  # type: ignore[attr-defined]
+
+
+def test_every_handle_row_is_paired_with_its_map_row_and_builds_handles() -> None:
+
+    handle_rows = [c for c in BUILTIN if c.name.endswith(" handles")]
+    pairs = _pairs(BUILTIN)
+    assert [h.name for _, h in pairs] == [c.name for c in handle_rows]
+    for direct, handle in pairs:
+        assert handle.name == direct.name + " handles"
+        assert handle.view is not None
+        m = handle.build({"a": 1})
+        view = handle.view(m)
+        assert view is not m
+        assert view["a"] == 1
+
+
+def test_the_scaling_bars_are_issue_12s() -> None:
+
+    assert _bar("read-only", "SyncMap handles", 2) == 1.8
+    assert _bar("read-mostly", "SnapshotMap [py] handles", 2) == 1.6
+    assert _bar("disjoint-writes", "ShardedMap(32) handles", 2) == 1.6
+    assert _bar("disjoint-writes", "SyncMap handles", 2) is None  # writers serialise by design
+    assert _bar("read-only", "UnsafeMap handles", 16) == 12.0
+    assert _bar("balanced", "SyncMap handles", 2) is None
+
+
+@pytest.mark.parallel_threads(1)  # runs threads of its own
+def test_the_scaling_script_gives_a_verdict_for_every_handle_row(capsys: pytest.CaptureFixture[str]) -> None:
+
+    pairs = _pairs(BUILTIN)
+    status = scaling_main(["--threads", "1,2", "--duration", "0.005", "--repeat", "1", "--seed", "3"])
+    out = capsys.readouterr().out
+    if not pairs:
+        assert status == 1
+        return
+    assert status == 0
+    for direct, handle in pairs:
+        row = next(line for line in out.splitlines() if line.startswith(f"| {handle.name} | read-only | 2 |"))
+        assert row.rstrip().endswith(("| PASS |", "| FAIL |")), row
+        one = next(line for line in out.splitlines() if line.startswith(f"| {direct.name} | read-only |"))
+        assert one.rstrip().endswith(("| PASS |", "| FAIL |")), one

@@ -24,7 +24,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
 from typing import Any
 
-from .. import ShardedMap, SnapshotMap, SyncMap, UnsafeMap
+from .. import ShardedMap, SnapshotMap, SyncMap, UnsafeMap, _impl
 
 __all__ = ["Contender", "GilReenabledError", "available_contenders", "builtin_contenders", "gil_enabled"]
 
@@ -91,18 +91,134 @@ _SNAPSHOT_WRITES: Mapping[str, str] = {
 }
 
 
-def builtin_contenders() -> list[Contender]:
-    """dict, dict + Lock and ftmap's maps: always available."""
-    shards = [
+# Through per-thread handles (m.handle(), made on the worker's own thread): the same
+# operations, written against the handle where it has them, against the map where they are
+# whole-map operations (iteration, a whole-content replace).
+_HANDLE_SNIPPETS: Mapping[str, str] = {
+    "read": "got = view[k]",
+    "write": "view[k] = v",
+    "increment": "view[k] += 1",
+    "iterate": "for item in m.items():\n    pass",
+    "insert": "view[k] = v",
+    "delete": "del view[k]",
+}
+
+
+def _handle_view(m: Any) -> Any:
+    return m.handle()
+
+
+def _ftmap_contenders(
+    maps: Mapping[str, Any], suffix: str, shard_counts: tuple[int, ...]
+) -> tuple[list[Contender], list[Contender]]:
+    """ftmap's rows for one implementation (maps: public name -> class): through the map, and
+    through per-thread handles where the class has handle()."""
+    unsafe, sync, sharded, snapshot = (maps[n] for n in ("UnsafeMap", "SyncMap", "ShardedMap", "SnapshotMap"))
+    sync_increment = (
+        "while True:\n    old, _ = {0}.load(k)\n    if {0}.compare_and_swap(k, old, old + 1):\n        break"
+    )
+    direct = [
         Contender(
-            f"ShardedMap({n})",
-            functools.partial(ShardedMap, shards=n),
-            f"{n} shards, one lock each; the counter uses merge()",
-            {"increment": "m.merge(k, 1, add)"},
-        )
-        for n in (16, 32, 64)
+            f"UnsafeMap{suffix}",
+            unsafe,
+            "race detection overhead; single-threaded unless read-only",
+            concurrent_writes=False,
+        ),
+        Contender(
+            f"SyncMap{suffix}",
+            sync,
+            "Go's sync.Map; the counter is a load / compare_and_swap loop",
+            {"increment": sync_increment.format("m")},
+        ),
+        *(
+            Contender(
+                f"ShardedMap({n}){suffix}",
+                functools.partial(sharded, shards=n),
+                f"{n} shards, one lock each; the counter uses merge()",
+                {"increment": "m.merge(k, 1, add)"},
+            )
+            for n in shard_counts
+        ),
+        Contender(
+            f"SnapshotMap{suffix}",
+            snapshot,
+            "immutable snapshots; every write copies the content",
+            {"read": "got = m.get(k)", **_SNAPSHOT_WRITES},
+            atomic_replace=True,
+        ),
+        Contender(
+            f"SnapshotMap{suffix} reader()",
+            snapshot,
+            "reads through a per-thread m.reader(), writes as SnapshotMap",
+            {"read": "got = view.get(k)", **_SNAPSHOT_WRITES},
+            atomic_replace=True,
+            view=lambda m: m.reader(),
+        ),
     ]
-    return [
+    through = "through a per-thread m.handle()"
+    handles = [
+        Contender(
+            f"UnsafeMap{suffix} handles",
+            unsafe,
+            f"{through}; single-threaded unless read-only",
+            dict(_HANDLE_SNIPPETS),
+            concurrent_writes=False,
+            view=_handle_view,
+        ),
+        Contender(
+            f"SyncMap{suffix} handles",
+            sync,
+            f"{through}; the counter is a load / compare_and_swap loop",
+            {**_HANDLE_SNIPPETS, "increment": sync_increment.format("view")},
+            view=_handle_view,
+        ),
+        Contender(
+            f"ShardedMap(32){suffix} handles",
+            functools.partial(sharded, shards=32),
+            f"{through}; the counter uses merge()",
+            {**_HANDLE_SNIPPETS, "increment": "view.merge(k, 1, add)"},
+            view=_handle_view,
+        ),
+        Contender(
+            f"SnapshotMap{suffix} handles",
+            snapshot,
+            f"{through}; writes copy the content as SnapshotMap's",
+            {**_HANDLE_SNIPPETS, **_SNAPSHOT_WRITES},
+            atomic_replace=True,
+            view=_handle_view,
+        ),
+    ]
+    return direct, [c for c in handles if _has_handle(c)]
+
+
+def _has_handle(contender: Contender) -> bool:
+    build = contender.build
+    cls = build.func if isinstance(build, functools.partial) else build
+    return callable(getattr(cls, "handle", None))
+
+
+def _exported_maps() -> dict[str, Any]:
+    return {"UnsafeMap": UnsafeMap, "SyncMap": SyncMap, "ShardedMap": ShardedMap, "SnapshotMap": SnapshotMap}
+
+
+def _pure_maps() -> dict[str, Any] | None:
+    """The pure-Python classes, when the exported ones are the C core's (else None: one set)."""
+    names = ("UnsafeMap", "SyncMap", "ShardedMap", "SnapshotMap")
+    pure = {name: _impl.variants(name)["python"] for name in names}
+    exported = _exported_maps()
+    return None if all(pure[n] is exported[n] for n in names) else pure
+
+
+def builtin_contenders() -> list[Contender]:
+    """dict, dict + Lock and ftmap's maps: always available.
+
+    ftmap's rows are the exported implementation's (the C core's where it is in use), through
+    the map and through per-thread handles; where the C core is in use, the pure-Python maps
+    follow as "... [py]" rows: both implementations side by side in one run.
+    """
+    exported = _exported_maps()
+    direct, handles = _ftmap_contenders(exported, "", (16, 32, 64))
+    rows = [
         Contender("dict", dict, "the per-operation floor; unsafe for compound operations"),
         Contender(
             "dict + Lock",
@@ -111,42 +227,14 @@ def builtin_contenders() -> list[Contender]:
             _locked(DICT_SNIPPETS),
             atomic_replace=True,
         ),
-        Contender(
-            "UnsafeMap",
-            UnsafeMap,
-            "race detection overhead; single-threaded unless read-only",
-            concurrent_writes=False,
-        ),
-        Contender(
-            "SyncMap",
-            SyncMap,
-            "Go's sync.Map; the counter is a load / compare_and_swap loop",
-            {
-                "increment": (
-                    "while True:\n"
-                    "    old, _ = m.load(k)\n"
-                    "    if m.compare_and_swap(k, old, old + 1):\n"
-                    "        break"
-                ),
-            },
-        ),
-        *shards,
-        Contender(
-            "SnapshotMap",
-            SnapshotMap,
-            "immutable snapshots; every write copies the content",
-            {"read": "got = m.get(k)", **_SNAPSHOT_WRITES},
-            atomic_replace=True,
-        ),
-        Contender(
-            "SnapshotMap reader()",
-            SnapshotMap,
-            "reads through a per-thread m.reader(), writes as SnapshotMap",
-            {"read": "got = view.get(k)", **_SNAPSHOT_WRITES},
-            atomic_replace=True,
-            view=lambda m: m.reader(),
-        ),
+        *direct,
+        *handles,
     ]
+    pure = _pure_maps()
+    if pure is not None:
+        pure_direct, pure_handles = _ftmap_contenders(pure, " [py]", (32,))
+        rows += [*pure_direct, *pure_handles]
+    return rows
 
 
 def _concurrent_dict(module: Any) -> Contender:
