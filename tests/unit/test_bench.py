@@ -217,7 +217,7 @@ def test_without_matplotlib_the_chart_is_skipped_with_a_reason(
 
 @pytest.mark.thread_unsafe(reason="reads the process's standard output")
 def test_main_writes_the_matrix_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--keys", "30", "--threads", "1", "--maps", "dict,sync", "--workloads", "read-only,counter"]
+    argv = ["--keys", "30", "--threads", "1", "--maps", "dict,SyncMap", "--workloads", "read-only,counter"]
     argv += ["--duration", "0.005", "--warmup", "0", "--repeat", "1", "--seed", "5", "--out", str(tmp_path)]
     assert main([*argv, "--no-chart"]) == 0
     data = json.loads((tmp_path / "results.json").read_text())
