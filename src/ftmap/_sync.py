@@ -1126,7 +1126,7 @@ class SyncMapHandle(_HandleWholeMap, Follower[_ReadOnly], MutableMapping[K, V]):
         Follower.__init__(self, m._pub, m, _derive_read)
 
     @property
-    def map(self) -> SyncMap[K, V]:  # type: ignore[override]
+    def map(self) -> SyncMap[K, V]:
         """The map this handle works on."""
         return self._owner  # type: ignore[no-any-return]
 
@@ -1185,8 +1185,8 @@ class SyncMapHandle(_HandleWholeMap, Follower[_ReadOnly], MutableMapping[K, V]):
             cell = self.refresh()
         entry = cell[2](key)
         if entry is not None:
-            return entry.value is not _DELETED  # type: ignore[no-any-return]
-        return cell[4] and self._owner._value_slow(key, "in") is not _DELETED  # type: ignore[no-any-return]
+            return entry.value is not _DELETED
+        return cell[4] and self._owner._value_slow(key, "in") is not _DELETED
 
     def store(self, key: K, value: V) -> None:
         """Set the value for key."""

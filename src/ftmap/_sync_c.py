@@ -616,7 +616,7 @@ class SyncMapHandle(_core.SyncMapHandleBase, _HandleWholeMap, MutableMapping[K, 
         """The existing value and True, or store value and return it with False."""
         return self.map.load_or_store(key, value)  # type: ignore[no-any-return]
 
-    def setdefault(self, key: K, default: V = None, /) -> V:  # type: ignore[assignment]
+    def setdefault(self, key: K, default: V = None, /) -> V:  # type: ignore[assignment, override]
         """Atomic: the same as load_or_store(key, default)[0]."""
         return self.map.load_or_store(key, default)[0]  # type: ignore[no-any-return]
 
