@@ -8,6 +8,11 @@
  *   ftmap._core.SyncMapBase the read map, published by one atomic store (an ftmap_ref), and the
  *                           lock-free hot paths: m[k], get, in, load on a read-map hit, and
  *                           m[k] = v / store to a read-map key that is not expunged.
+ *   ftmap._core.SyncMapHandleBase  a per-thread handle (issue 12): the same hot paths through a
+ *                           cached read map (ftmap_ref_load_cached, guarded by a busy flag; the
+ *                           protocol and its proof are beside its struct). ftmap._sync_c's
+ *                           SyncMapHandle (Python) subclasses it and gives the other operations
+ *                           to the map.
  *   ftmap._sync_c.SyncMap   (Python, subclass of SyncMapBase) everything that takes the mutex:
  *                           the dirty map, misses and promotion, the re-entrancy rule, len/bool,
  *                           iteration, stats, _debug_state. The same code as the pure map

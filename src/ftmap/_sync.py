@@ -995,22 +995,29 @@ class SyncMap(ItemsBackedMap[K, V]):
 
         See SyncMapHandle. The first call makes the map publish its read map for handles.
         """
-        if self._pub is None:
-            mu = self._mu
-            if mu._is_owned():  # from code the map runs under its mutex: we are the holder
-                if self._pub is None:
-                    self._pub = Published(_load_read)
-            else:
-                try:
-                    mu.acquire()
-                    if self._pub is None:
-                        self._pub = Published(_load_read)
-                    mu.release()
-                except BaseException:
-                    if mu._is_owned():
-                        mu.release()
-                    raise
         return SyncMapHandle(self)
+
+    def _published_for_handles(self) -> Published[_ReadOnly]:
+        """The Published that handles follow, made at the first handle (under the mutex)."""
+        pub = self._pub
+        if pub is not None:
+            return pub
+        mu = self._mu
+        if mu._is_owned():  # from code the map runs under its mutex: this thread holds it
+            if self._pub is None:
+                self._pub = Published(_load_read)
+            return self._pub
+        try:
+            mu.acquire()
+            if self._pub is None:
+                self._pub = Published(_load_read)
+            pub = self._pub
+            mu.release()
+        except BaseException:
+            if mu._is_owned():
+                mu.release()
+            raise
+        return pub
 
 
 # -- SyncMapHandle ------------------------------------------------------------------------
@@ -1121,9 +1128,7 @@ class SyncMapHandle(_HandleWholeMap, Follower[_ReadOnly], MutableMapping[K, V]):
     __slots__ = ()
 
     def __init__(self, m: SyncMap[K, V]) -> None:
-        if m._pub is None:
-            raise TypeError("make handles with SyncMap.handle()")
-        Follower.__init__(self, m._pub, m, _derive_read)
+        Follower.__init__(self, m._published_for_handles(), m, _derive_read)
 
     @property
     def map(self) -> SyncMap[K, V]:

@@ -298,3 +298,13 @@ def test_pure_handle_follows_the_published_read_map() -> None:
     h.close()
     m["y"] = 2
     assert h["y"] == 2  # closed handles still work (they refresh every time)
+
+
+def test_the_class_itself_makes_a_handle_of_its_own_implementation(impl: str) -> None:
+    m = make(impl, a=1)
+    h = HANDLES[impl](m)
+    assert h.map is m and h["a"] == 1
+    other = "python" if impl == "c" else "c"
+    if other in MAPS and impl == "c":
+        with pytest.raises(TypeError):
+            HANDLES["c"](MAPS["python"]())
