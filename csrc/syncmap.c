@@ -8,6 +8,11 @@
  *   ftmap._core.SyncMapBase the read map, published by one atomic store (an ftmap_ref), and the
  *                           lock-free hot paths: m[k], get, in, load on a read-map hit, and
  *                           m[k] = v / store to a read-map key that is not expunged.
+ *   ftmap._core.SyncMapHandleBase  a per-thread handle (issue 12): the same hot paths through a
+ *                           cached read map (ftmap_ref_load_cached, guarded by a busy flag; the
+ *                           protocol and its proof are beside its struct). ftmap._sync_c's
+ *                           SyncMapHandle (Python) subclasses it and gives the other operations
+ *                           to the map.
  *   ftmap._sync_c.SyncMap   (Python, subclass of SyncMapBase) everything that takes the mutex:
  *                           the dirty map, misses and promotion, the re-entrancy rule, len/bool,
  *                           iteration, stats, _debug_state. The same code as the pure map
@@ -420,9 +425,8 @@ syncmap_dealloc(PyObject *op)
  * *amended says whether the dirty map may have it), -1 with an exception (the key's __hash__ or
  * __eq__). tp_clear may have emptied read during a GC of a cycle through the map: then absent. */
 static inline int
-read_lookup(SyncMapBase *self, PyObject *key, SyncEntry **entry, int *amended)
+read_lookup_in(ftmap_state *st, PyObject *read, PyObject *key, SyncEntry **entry, int *amended)
 {
-    PyObject *read = ftmap_ref_load(&self->read);
     if (read == NULL) {
         *entry = NULL;
         *amended = 0;
@@ -431,10 +435,9 @@ read_lookup(SyncMapBase *self, PyObject *key, SyncEntry **entry, int *amended)
     PyObject *found_entry;
     int found = PyDict_GetItemRef(PyTuple_GET_ITEM(read, 0), key, &found_entry);
     *amended = PyTuple_GET_ITEM(read, 1) == Py_True;
-    Py_DECREF(read);
     /* The read map's values are entries whenever ftmap published it; one pointer compare keeps
      * a read map assigned by hand through the private `_read` from being read as entries. */
-    if (found == 1 && !Py_IS_TYPE(found_entry, (PyTypeObject *)self->state->SyncEntryType)) {
+    if (found == 1 && !Py_IS_TYPE(found_entry, (PyTypeObject *)st->SyncEntryType)) {
         Py_DECREF(found_entry);
         PyErr_SetString(PyExc_TypeError, "SyncMap's read map holds a value that is not an entry");
         found = -1;
@@ -442,6 +445,84 @@ read_lookup(SyncMapBase *self, PyObject *key, SyncEntry **entry, int *amended)
     }
     *entry = (SyncEntry *)found_entry;
     return found;
+}
+
+static inline int
+read_lookup(SyncMapBase *self, PyObject *key, SyncEntry **entry, int *amended)
+{
+    PyObject *read = ftmap_ref_load(&self->read);
+    int found = read_lookup_in(self->state, read, key, entry, amended);
+    Py_XDECREF(read);
+    return found;
+}
+
+/* -- SyncMapHandleBase: the struct (its functions follow SyncMapBase's) ------------------------
+ *
+ * A handle caches the read tuple it loaded last (`cache`, a strong reference) and revalidates it
+ * with ftmap_ref_load_cached: while the map still publishes that very tuple, a lookup touches no
+ * shared reference count for the read map (the map's own path increfs the tuple, a shared
+ * object, on every operation: ftmap_ref_load's CAS on its count, contended between threads).
+ *
+ * The cache is mutable state of the handle, and a handle may be used from any thread (issue 12),
+ * so it is guarded by `busy`, a try-lock that nobody ever waits on:
+ *   - a lookup takes busy with a CAS 0 -> 1 (seq_cst, so acquire); if it finds busy taken (another
+ *     thread is using the handle right now, or this thread re-entered it from a key's __hash__ /
+ *     __eq__ / a __del__ run by the lookup), it goes the map's way (read_lookup: ftmap_ref_load,
+ *     a reference of its own) and never touches the cache;
+ *   - with busy held, ftmap_ref_load_cached returns a BORROWED reference valid while the cache
+ *     holds it; only the busy holder writes the cache, so it stays valid until the holder
+ *     releases busy (a release store of 0), after its lookup is done with the tuple. The entry it
+ *     returns is a new reference (PyDict_GetItemRef), usable after the release.
+ * Why this is memory-safe: the tuple the lookup reads is kept alive by the cache's reference,
+ * which only the busy holder can drop (ftmap_ref_load_cached, on the holder's own thread): no
+ * other thread can free it meanwhile. Code run by the holder's own thread while it holds busy
+ * (a key's __hash__/__eq__ in PyDict_GetItemRef, or the __del__ of an old tuple's contents when
+ * ftmap_ref_load_cached releases it) can re-enter the handle, but then finds busy taken and takes
+ * the map's way: it never writes the cache. busy is not a lock anyone waits on, so running user
+ * code while holding it cannot deadlock. tp_clear/dealloc touch the cache only when no thread can
+ * reach the handle.
+ * Why it is linearizable: ftmap_ref_load_cached returns the cached tuple only if the map's slot
+ * holds it at its acquire load (ftmap_ref_is: the cache's reference keeps its address from being
+ * reused, so equal addresses mean the same tuple, ftmap_ref.h claim (c)); otherwise it loads the
+ * current one with ftmap_ref_load. Either way the tuple was the published read map at that load,
+ * exactly what the map's own ftmap_ref_load gives its operation; the rest of the operation is the
+ * map's code on that tuple. So a handle's operation is the map's operation, linearized at the
+ * same point.
+ */
+typedef struct {
+    PyObject_HEAD
+    ftmap_state *state; /* fixed at construction */
+    SyncMapBase *map;   /* fixed at construction: a strong reference, never cleared before
+                         * dealloc (tp_clear leaves it: any cycle through it also runs through the
+                         * map, whose own tp_clear breaks it), so it is never NULL */
+    PyObject *cache;    /* a strong reference to the read tuple this handle loaded last, or NULL.
+                         * Read and written only by the thread holding `busy` (through
+                         * ftmap_ref_load_cached), or by tp_clear/dealloc when no thread can reach
+                         * the handle */
+    uintptr_t busy;     /* 0 free, 1 taken. Taken by a CAS 0 -> 1 (any thread), released by a
+                         * release store of 0 by its taker; never waited for */
+} SyncHandle;
+
+/* The handle's read-map lookup: read_lookup on the cached tuple (busy taken), else the map's. */
+static int
+handle_read_lookup(SyncHandle *h, PyObject *key, SyncEntry **entry, int *amended)
+{
+    uintptr_t expected = 0;
+    if (!ftmap_atomic_cas_uintptr(&h->busy, &expected, 1)) {
+        return read_lookup(h->map, key, entry, amended); /* in use: the map's way */
+    }
+    PyObject *read = ftmap_ref_load_cached(&h->map->read, &h->cache);
+    int found = read_lookup_in(h->state, read, key, entry, amended);
+    ftmap_atomic_store_uintptr_release(&h->busy, 0);
+    return found;
+}
+
+/* The read-map lookup of an operation: through the handle h if given, else the map's. */
+static inline int
+op_read_lookup(SyncMapBase *self, SyncHandle *h, PyObject *key, SyncEntry **entry, int *amended)
+{
+    return h != NULL ? handle_read_lookup(h, key, entry, amended)
+                     : read_lookup(self, key, entry, amended);
 }
 
 /* The value of a key the read map lacks while amended: calls the subclass's _value_slow (which
@@ -465,11 +546,11 @@ value_slow(SyncMapBase *self, PyObject *key, const char *operation, int *error)
 
 /* The value for key: a new reference, or NULL with *error 0 (absent) or 1 (an exception). */
 static inline PyObject *
-syncmap_lookup(SyncMapBase *self, PyObject *key, const char *operation, int *error)
+syncmap_lookup(SyncMapBase *self, SyncHandle *h, PyObject *key, const char *operation, int *error)
 {
     SyncEntry *entry;
     int amended;
-    int found = read_lookup(self, key, &entry, &amended);
+    int found = op_read_lookup(self, h, key, &entry, &amended);
     if (found > 0) {
         PyObject *v = entry_value(entry, self->state->SyncExpunged);
         Py_DECREF(entry);
@@ -501,7 +582,7 @@ static PyObject *
 syncmap_subscript(PyObject *op, PyObject *key)
 {
     int error;
-    PyObject *v = syncmap_lookup((SyncMapBase *)op, key, "[]", &error);
+    PyObject *v = syncmap_lookup((SyncMapBase *)op, NULL, key, "[]", &error);
     if (v == NULL && !error) {
         set_key_error(key);
     }
@@ -512,7 +593,7 @@ static int
 syncmap_contains(PyObject *op, PyObject *key)
 {
     int error;
-    PyObject *v = syncmap_lookup((SyncMapBase *)op, key, "in", &error);
+    PyObject *v = syncmap_lookup((SyncMapBase *)op, NULL, key, "in", &error);
     if (v == NULL) {
         return error ? -1 : 0;
     }
@@ -543,10 +624,10 @@ bind_args(PyObject *self, const char *binder, PyObject *const *args, Py_ssize_t 
 }
 
 static PyObject *
-syncmap_get_impl(PyObject *op, PyObject *key, PyObject *default_value)
+syncmap_get_impl(SyncMapBase *self, SyncHandle *h, PyObject *key, PyObject *default_value)
 {
     int error;
-    PyObject *v = syncmap_lookup((SyncMapBase *)op, key, "get", &error);
+    PyObject *v = syncmap_lookup(self, h, key, "get", &error);
     if (v == NULL && !error) {
         return Py_NewRef(default_value);
     }
@@ -558,22 +639,22 @@ syncmap_get(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwname
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (kwnames == NULL && (nargs == 1 || nargs == 2)) {
-        return syncmap_get_impl(op, args[0], nargs == 2 ? args[1] : Py_None);
+        return syncmap_get_impl((SyncMapBase *)op, NULL, args[0], nargs == 2 ? args[1] : Py_None);
     }
     PyObject *bound = bind_args(op, "_bind_get", args, nargs, kwnames, 2);
     if (bound == NULL) {
         return NULL;
     }
-    PyObject *r = syncmap_get_impl(op, PyTuple_GET_ITEM(bound, 0), PyTuple_GET_ITEM(bound, 1));
+    PyObject *r = syncmap_get_impl((SyncMapBase *)op, NULL, PyTuple_GET_ITEM(bound, 0), PyTuple_GET_ITEM(bound, 1));
     Py_DECREF(bound);
     return r;
 }
 
 static PyObject *
-syncmap_load_impl(PyObject *op, PyObject *key)
+syncmap_load_impl(SyncMapBase *self, SyncHandle *h, PyObject *key)
 {
     int error;
-    PyObject *v = syncmap_lookup((SyncMapBase *)op, key, "load", &error);
+    PyObject *v = syncmap_lookup(self, h, key, "load", &error);
     if (v == NULL) {
         return error ? NULL : PyTuple_Pack(2, Py_None, Py_False);
     }
@@ -587,13 +668,13 @@ syncmap_load(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnam
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (kwnames == NULL && nargs == 1) {
-        return syncmap_load_impl(op, args[0]);
+        return syncmap_load_impl((SyncMapBase *)op, NULL, args[0]);
     }
     PyObject *bound = bind_args(op, "_bind_load", args, nargs, kwnames, 1);
     if (bound == NULL) {
         return NULL;
     }
-    PyObject *r = syncmap_load_impl(op, PyTuple_GET_ITEM(bound, 0));
+    PyObject *r = syncmap_load_impl((SyncMapBase *)op, NULL, PyTuple_GET_ITEM(bound, 0));
     Py_DECREF(bound);
     return r;
 }
@@ -602,11 +683,11 @@ syncmap_load(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnam
  * subclass's _swap_slow(key, value, "store") under the mutex. The replaced value is released
  * here, with no lock held. */
 static int
-syncmap_store_impl(SyncMapBase *self, PyObject *key, PyObject *value)
+syncmap_store_impl(SyncMapBase *self, SyncHandle *h, PyObject *key, PyObject *value)
 {
     SyncEntry *entry;
     int amended;
-    int found = read_lookup(self, key, &entry, &amended);
+    int found = op_read_lookup(self, h, key, &entry, &amended);
     if (found < 0) {
         return -1;
     }
@@ -633,14 +714,14 @@ syncmap_store(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwna
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     int rc;
     if (kwnames == NULL && nargs == 2) {
-        rc = syncmap_store_impl((SyncMapBase *)op, args[0], args[1]);
+        rc = syncmap_store_impl((SyncMapBase *)op, NULL, args[0], args[1]);
     }
     else {
         PyObject *bound = bind_args(op, "_bind_store", args, nargs, kwnames, 2);
         if (bound == NULL) {
             return NULL;
         }
-        rc = syncmap_store_impl((SyncMapBase *)op, PyTuple_GET_ITEM(bound, 0), PyTuple_GET_ITEM(bound, 1));
+        rc = syncmap_store_impl((SyncMapBase *)op, NULL, PyTuple_GET_ITEM(bound, 0), PyTuple_GET_ITEM(bound, 1));
         Py_DECREF(bound);
     }
     if (rc < 0) {
@@ -653,7 +734,7 @@ static int
 syncmap_ass_subscript(PyObject *op, PyObject *key, PyObject *value)
 {
     if (value != NULL) {
-        return syncmap_store_impl((SyncMapBase *)op, key, value);
+        return syncmap_store_impl((SyncMapBase *)op, NULL, key, value);
     }
     /* del m[k]: `if not self.load_and_delete(key)[1]: raise KeyError(key)` */
     PyObject *r = PyObject_CallMethod(op, "load_and_delete", "(O)", key);
@@ -735,6 +816,219 @@ static PyType_Spec syncmap_spec = {
     .slots = syncmap_slots,
 };
 
+/* -- SyncMapHandleBase: the functions (the struct and the busy protocol: above) ---------------- */
+
+static PyObject *
+handle_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *map;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        PyErr_SetString(PyExc_TypeError, "SyncMapHandle() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, "SyncMapHandle", 1, 1, &map)) {
+        return NULL;
+    }
+    ftmap_state *st = ftmap_state_of_type(type);
+    if (st == NULL) {
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(map, (PyTypeObject *)st->SyncMapBaseType)) {
+        PyErr_Format(PyExc_TypeError, "SyncMapHandle needs a C SyncMap, not %.200s",
+                     Py_TYPE(map)->tp_name);
+        return NULL;
+    }
+    SyncHandle *self = (SyncHandle *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->state = st;
+    self->map = (SyncMapBase *)Py_NewRef(map);
+    self->cache = NULL; /* the first lookup loads it, on the thread that uses the handle */
+    self->busy = 0;
+    return (PyObject *)self;
+}
+
+static int
+handle_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    SyncHandle *self = (SyncHandle *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->map);
+    Py_VISIT(self->cache);
+    return 0;
+}
+
+static int
+handle_clear(PyObject *op)
+{
+    Py_CLEAR(((SyncHandle *)op)->cache); /* the map stays (see the struct) */
+    return 0;
+}
+
+static void
+handle_dealloc(PyObject *op)
+{
+    PyTypeObject *type = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    (void)handle_clear(op);
+    Py_CLEAR(((SyncHandle *)op)->map);
+    type->tp_free(op);
+    Py_DECREF(type);
+}
+
+static PyObject *
+handle_subscript(PyObject *op, PyObject *key)
+{
+    SyncHandle *h = (SyncHandle *)op;
+    int error;
+    PyObject *v = syncmap_lookup(h->map, h, key, "[]", &error);
+    if (v == NULL && !error) {
+        set_key_error(key);
+    }
+    return v;
+}
+
+static int
+handle_contains(PyObject *op, PyObject *key)
+{
+    SyncHandle *h = (SyncHandle *)op;
+    int error;
+    PyObject *v = syncmap_lookup(h->map, h, key, "in", &error);
+    if (v == NULL) {
+        return error ? -1 : 0;
+    }
+    Py_DECREF(v);
+    return 1;
+}
+
+static PyObject *
+handle_get(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    SyncHandle *h = (SyncHandle *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames == NULL && (nargs == 1 || nargs == 2)) {
+        return syncmap_get_impl(h->map, h, args[0], nargs == 2 ? args[1] : Py_None);
+    }
+    PyObject *bound = bind_args(op, "_bind_get", args, nargs, kwnames, 2);
+    if (bound == NULL) {
+        return NULL;
+    }
+    PyObject *r = syncmap_get_impl(h->map, h, PyTuple_GET_ITEM(bound, 0), PyTuple_GET_ITEM(bound, 1));
+    Py_DECREF(bound);
+    return r;
+}
+
+static PyObject *
+handle_load(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    SyncHandle *h = (SyncHandle *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames == NULL && nargs == 1) {
+        return syncmap_load_impl(h->map, h, args[0]);
+    }
+    PyObject *bound = bind_args(op, "_bind_load", args, nargs, kwnames, 1);
+    if (bound == NULL) {
+        return NULL;
+    }
+    PyObject *r = syncmap_load_impl(h->map, h, PyTuple_GET_ITEM(bound, 0));
+    Py_DECREF(bound);
+    return r;
+}
+
+static PyObject *
+handle_store(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    SyncHandle *h = (SyncHandle *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    int rc;
+    if (kwnames == NULL && nargs == 2) {
+        rc = syncmap_store_impl(h->map, h, args[0], args[1]);
+    }
+    else {
+        PyObject *bound = bind_args(op, "_bind_store", args, nargs, kwnames, 2);
+        if (bound == NULL) {
+            return NULL;
+        }
+        rc = syncmap_store_impl(h->map, h, PyTuple_GET_ITEM(bound, 0), PyTuple_GET_ITEM(bound, 1));
+        Py_DECREF(bound);
+    }
+    if (rc < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+handle_ass_subscript(PyObject *op, PyObject *key, PyObject *value)
+{
+    SyncHandle *h = (SyncHandle *)op;
+    if (value != NULL) {
+        return syncmap_store_impl(h->map, h, key, value);
+    }
+    /* del h[k]: the handle's (the subclass's) load_and_delete, as the map's del does */
+    PyObject *r = PyObject_CallMethod(op, "load_and_delete", "(O)", key);
+    if (r == NULL) {
+        return -1;
+    }
+    int loaded = PyTuple_Check(r) && PyTuple_GET_SIZE(r) == 2 ? PyObject_IsTrue(PyTuple_GET_ITEM(r, 1))
+                                                              : 1;
+    Py_DECREF(r);
+    if (loaded < 0) {
+        return -1;
+    }
+    if (!loaded) {
+        set_key_error(key);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+handle_get_map(PyObject *op, void *closure)
+{
+    (void)closure;
+    return Py_NewRef((PyObject *)((SyncHandle *)op)->map);
+}
+
+static PyMethodDef handle_methods[] = {
+    {"load", _PyCFunction_CAST(handle_load), METH_FASTCALL | METH_KEYWORDS,
+     "The value for key and True, or (None, False) if absent."},
+    {"get", _PyCFunction_CAST(handle_get), METH_FASTCALL | METH_KEYWORDS,
+     "The value for key, or default (None) if absent."},
+    {"store", _PyCFunction_CAST(handle_store), METH_FASTCALL | METH_KEYWORDS,
+     "Set the value for key."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef handle_getset[] = {
+    {"map", handle_get_map, NULL, "The map this handle works on.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot handle_slots[] = {
+    {Py_tp_new, handle_new},
+    {Py_tp_dealloc, handle_dealloc},
+    {Py_tp_traverse, handle_traverse},
+    {Py_tp_clear, handle_clear},
+    {Py_tp_methods, handle_methods},
+    {Py_tp_getset, handle_getset},
+    {Py_mp_subscript, handle_subscript},
+    {Py_mp_ass_subscript, handle_ass_subscript},
+    {Py_sq_contains, handle_contains},
+    {Py_tp_doc, "SyncMapHandle's C base: a per-thread cache of the map's read map and the hot "
+                "paths through it (ftmap._sync_c.SyncMapHandle is the public class)."},
+    {0, NULL},
+};
+
+static PyType_Spec handle_spec = {
+    .name = "ftmap._core.SyncMapHandleBase",
+    .basicsize = sizeof(SyncHandle),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE |
+             Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = handle_slots,
+};
+
 /* Marker objects: "deleted" (what the entries' Python methods return for no value) and
  * "expunged" (what an expunged slot holds, and what try_swap / try_load_or_store return). */
 static PyObject *
@@ -775,6 +1069,11 @@ ftmap_syncmap_exec(PyObject *module, ftmap_state *st)
     st->SyncMapBaseType = PyType_FromModuleAndSpec(module, &syncmap_spec, NULL);
     if (st->SyncMapBaseType == NULL ||
         PyModule_AddObjectRef(module, "SyncMapBase", st->SyncMapBaseType) < 0) {
+        return -1;
+    }
+    st->SyncMapHandleBaseType = PyType_FromModuleAndSpec(module, &handle_spec, NULL);
+    if (st->SyncMapHandleBaseType == NULL ||
+        PyModule_AddObjectRef(module, "SyncMapHandleBase", st->SyncMapHandleBaseType) < 0) {
         return -1;
     }
     return 0;

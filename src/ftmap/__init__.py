@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from ._fnv import fnv1_32, fnv1a_32, fnv1a_64
     from ._sharded import ShardedMap
     from ._snapshot import SnapshotMap
-    from ._sync import SyncMap
+    from ._sync import SyncMap, SyncMapHandle
     from ._unsafe import UnsafeMap
 else:
     fnv1_32 = _impl.select("fnv1_32")
@@ -61,6 +61,7 @@ else:
     ShardedMap = _impl.select("ShardedMap")
     SnapshotMap = _impl.select("SnapshotMap")
     SyncMap = _impl.select("SyncMap")
+    SyncMapHandle = _impl.select("SyncMapHandle")
     UnsafeMap = _impl.select("UnsafeMap")
 
 implementation = _impl.implementation
@@ -98,6 +99,7 @@ __all__ = [
     "SourceError",
     "StopSignal",
     "SyncMap",
+    "SyncMapHandle",
     "SyncMapStats",
     "ThreadInfo",
     "UnsafeMap",

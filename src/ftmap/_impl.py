@@ -64,6 +64,7 @@ MIN_VERSION = (3, 13)
 PURE: dict[str, str] = {
     "UnsafeMap": "ftmap._unsafe",
     "SyncMap": "ftmap._sync",
+    "SyncMapHandle": "ftmap._sync",
     "ShardedMap": "ftmap._sharded",
     "SnapshotMap": "ftmap._snapshot",
     "fnv1_32": "ftmap._fnv",
@@ -78,6 +79,7 @@ C_MODULES: dict[str, str] = {
     "ShardedMap": "ftmap._sharded_c",
     "SnapshotMap": "ftmap._snapshot_c",
     "SyncMap": "ftmap._sync_c",
+    "SyncMapHandle": "ftmap._sync_c",
     "UnsafeMap": "ftmap._unsafe_c",
 }
 

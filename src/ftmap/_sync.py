@@ -99,6 +99,7 @@ from collections.abc import (
     Iterable,
     Iterator,
     Mapping,
+    MutableMapping,
 )
 from itertools import repeat
 from operator import attrgetter, is_, is_not
@@ -107,22 +108,37 @@ from typing import Any, NamedTuple, Protocol, TypeVar, overload
 from . import _impl
 from ._base import ItemsBackedMap, same_value
 from ._errors import RecursiveUpdateError
-from ._markers import _Marker
+from ._published import Follower, Published
 
-__all__ = ["SyncMap", "SyncMapStats"]
+__all__ = ["SyncMap", "SyncMapHandle", "SyncMapStats"]
 
 K = TypeVar("K")
 V = TypeVar("V")
 D = TypeVar("D")
 
 
-# An entry's value: a live value or _DELETED. Go's two deleted states, nil and
-# expunged, share the one sentinel, so a read tells live from deleted with a
-# single identity test; whether a deleted entry is expunged is a flag beside it.
-_DELETED: Any = _Marker("deleted")
-# Returned by the entry's try_ methods when the entry is expunged: never stored.
-_EXPUNGED: Any = _Marker("expunged")
-_MISSING: Any = object()
+# The sentinels are classes, not instances: on free-threaded 3.13 a class has deferred
+# reference counting, so loading one from a global touches no shared reference count (an
+# object() sentinel's count is written by every thread that loads it: contended).
+
+
+class _Deleted:
+    """An entry's value when deleted. Go's two deleted states, nil and expunged, share it,
+    so a read tells live from deleted with a single identity test; whether a deleted
+    entry is expunged is a flag beside it."""
+
+
+class _Expunged:
+    """Returned by the entry's try_ methods when the entry is expunged: never stored."""
+
+
+class _Missing:
+    """pop's "no default" marker."""
+
+
+_DELETED: Any = _Deleted
+_EXPUNGED: Any = _Expunged
+_MISSING: Any = _Missing
 
 _value_of = attrgetter("value")
 
@@ -361,7 +377,7 @@ class SyncMap(ItemsBackedMap[K, V]):
     what an asynchronous exception leaves behind).
     """
 
-    __slots__ = ("__weakref__", "_dirty", "_holder", "_misses", "_mu", "_promotions", "_read")
+    __slots__ = ("__weakref__", "_dirty", "_holder", "_misses", "_mu", "_promotions", "_pub", "_read")
 
     # _read: the current _ReadOnly. Loaded without a lock at any time; replaced only
     #   with _mu held, by one reference store. Its dict is never changed once published:
@@ -377,6 +393,9 @@ class SyncMap(ItemsBackedMap[K, V]):
     # _holder: under _mu. The operation holding it, for RecursiveUpdateError's message.
     # _mu: an RLock for _is_owned() (the owner check of the re-entrancy rule, and
     #   releasing on the way out of an exception); never acquired twice by one thread.
+    # _pub: None until the first handle(); then the Published that handles follow, set
+    #   once under _mu. Every store of _read with _pub set is bracketed by _pub.begin()
+    #   and _pub.end(), under _mu (ftmap._published's protocol).
     #
     # Invariants, whenever _mu is free or its holder runs user code:
     #   (_dirty is not None) == _read.amended; _dirty is None => no entry of _read.m
@@ -389,6 +408,7 @@ class SyncMap(ItemsBackedMap[K, V]):
         self._mu: _OwnedLock = RLock()  # type: ignore[assignment]
         self._holder = ""
         self._read = _EMPTY_READ
+        self._pub: Published[_ReadOnly] | None = None
         self._dirty: dict[Any, _Entry] | None = None
         self._misses = 0
         self._promotions = 0
@@ -407,11 +427,16 @@ class SyncMap(ItemsBackedMap[K, V]):
     def _promote_locked(self, dirty: dict[Any, _Entry]) -> None:
         """The dirty map becomes the read map. The caller keeps the old _read alive until it releases _mu."""
         read = _ReadOnly(dirty)
+        pub = self._pub
+        if pub is not None:
+            pub.begin()  # an exception here: nothing changed (seq may stay odd: handles refresh)
         # Plain stores from here: no point where an async exception can land between them.
         self._read = read
         self._dirty = None
         self._misses = 0
         self._promotions += 1
+        if pub is not None:
+            pub.end()  # if an exception lands first, seq stays odd: handles refresh (correct)
 
     def _build_dirty_locked(self, read: _ReadOnly) -> dict[Any, _Entry]:
         """With _dirty None: build the dirty map from read.m, publish it with an amended read map.
@@ -427,10 +452,13 @@ class SyncMap(ItemsBackedMap[K, V]):
         # A copy reuses the stored hashes: no __hash__ runs (an __eq__ only between two
         # keys of one full hash, and if it raises, nothing has changed yet).
         dirty = m.copy()
+        pub = self._pub
         try:
             for key, entry in deleted:
                 _purge_locked(dirty, key, entry)
             amended = _ReadOnly(m, True)
+            if pub is not None:
+                pub.begin()
         except BaseException:
             # Nothing was published, and no entry was expunged before (_dirty was None).
             for entry in m.values():
@@ -438,6 +466,8 @@ class SyncMap(ItemsBackedMap[K, V]):
             raise
         self._dirty = dirty
         self._read = amended
+        if pub is not None:
+            pub.end()
         return dirty
 
     def _unexpunge_locked(self, entry: _Entry) -> _Entry:
@@ -637,29 +667,34 @@ class SyncMap(ItemsBackedMap[K, V]):
         read = self._read
         entry = read.m.get(key)
         if entry is None and read.amended:
-            mu = self._mu
-            if mu._is_owned():
-                raise self._recursive("load_and_delete")
-            try:
-                mu.acquire()
-                self._holder = "load_and_delete"
-                read = self._read
-                entry = read.m.get(key)
-                dirty = self._dirty
-                if entry is None and dirty is not None:
-                    entry = dirty.pop(key, None)  # the entry keeps its key alive past the release
-                    self._misses = misses = self._misses + 1
-                    if misses >= len(dirty):
-                        self._promote_locked(dirty)
-                mu.release()
-            except BaseException:
-                if mu._is_owned():
-                    mu.release()
-                raise
+            entry = self._load_and_delete_slow(key)
         if entry is None:
             return None, False
         previous = entry.delete()
         return (None, False) if previous is _DELETED else (previous, True)
+
+    def _load_and_delete_slow(self, key: Any) -> _Entry | None:
+        """load_and_delete's lookup under the mutex (a dirty-only key is removed): the entry, or None."""
+        mu = self._mu
+        if mu._is_owned():
+            raise self._recursive("load_and_delete")
+        try:
+            mu.acquire()
+            self._holder = "load_and_delete"
+            read = self._read
+            entry = read.m.get(key)
+            dirty = self._dirty
+            if entry is None and dirty is not None:
+                entry = dirty.pop(key, None)  # the entry keeps its key alive past the release
+                self._misses = misses = self._misses + 1
+                if misses >= len(dirty):
+                    self._promote_locked(dirty)
+            mu.release()
+        except BaseException:
+            if mu._is_owned():
+                mu.release()
+            raise
+        return entry
 
     def delete(self, key: K) -> None:
         """Delete key, if present."""
@@ -676,32 +711,37 @@ class SyncMap(ItemsBackedMap[K, V]):
         if entry is None:
             if not read.amended:
                 return False
-            mu = self._mu
-            if mu._is_owned():
-                raise self._recursive("compare_and_swap")
-            try:
-                mu.acquire()
-                self._holder = "compare_and_swap"
-                read = self._read
-                entry = read.m.get(key)
-                if entry is None:
-                    # Promoted meanwhile? Then there is no dirty map (Go's nil-map lookup).
-                    dirty = self._dirty
-                    if dirty is not None:
-                        entry = dirty[key] if key in dirty else None  # noqa: SIM401  # not .get(), see "Time under the mutex"
-                        if entry is not None:
-                            # The key set does not change: count a miss, so a dirty-only key gets promoted.
-                            self._misses = misses = self._misses + 1
-                            if misses >= len(dirty):
-                                self._promote_locked(dirty)
-                mu.release()
-            except BaseException:
-                if mu._is_owned():
-                    mu.release()
-                raise
+            entry = self._compare_and_swap_slow(key)
             if entry is None:
                 return False
         return entry.compare_and_set(old, new)
+
+    def _compare_and_swap_slow(self, key: Any) -> _Entry | None:
+        """compare_and_swap's lookup under the mutex (a miss counted if found): the entry, or None."""
+        mu = self._mu
+        if mu._is_owned():
+            raise self._recursive("compare_and_swap")
+        try:
+            mu.acquire()
+            self._holder = "compare_and_swap"
+            read = self._read
+            entry = read.m.get(key)
+            if entry is None:
+                # Promoted meanwhile? Then there is no dirty map (Go's nil-map lookup).
+                dirty = self._dirty
+                if dirty is not None:
+                    entry = dirty[key] if key in dirty else None  # noqa: SIM401  # not .get(), see "Time under the mutex"
+                    if entry is not None:
+                        # The key set does not change: count a miss, so a dirty-only key gets promoted.
+                        self._misses = misses = self._misses + 1
+                        if misses >= len(dirty):
+                            self._promote_locked(dirty)
+            mu.release()
+        except BaseException:
+            if mu._is_owned():
+                mu.release()
+            raise
+        return entry
 
     def compare_and_delete(self, key: K, old: V) -> bool:
         """Delete key if its value is old (identity, then ==); True if deleted."""
@@ -737,9 +777,14 @@ class SyncMap(ItemsBackedMap[K, V]):
             self._holder = "clear"
             # Kept alive until the mutex is released, so no __del__ runs under it.
             dropped = (self._read, self._dirty)  # noqa: F841
+            pub = self._pub
+            if pub is not None:
+                pub.begin()
             self._read = _EMPTY_READ
             self._dirty = None
             self._misses = 0
+            if pub is not None:
+                pub.end()
             mu.release()
         except BaseException:
             if mu._is_owned():
@@ -942,3 +987,319 @@ class SyncMap(ItemsBackedMap[K, V]):
 
     def __reduce__(self) -> tuple[object, ...]:
         return _impl.reduce(self, "SyncMap", (dict(self._items()),))
+
+    # -- per-thread handles ---------------------------------------------------------
+
+    def handle(self) -> SyncMapHandle[K, V]:
+        """A handle for the calling thread to keep: this map's single-key API, faster there.
+
+        See SyncMapHandle. The first call makes the map publish its read map for handles.
+        """
+        return SyncMapHandle(self)
+
+    def _published_for_handles(self) -> Published[_ReadOnly]:
+        """The Published that handles follow, made at the first handle (under the mutex)."""
+        pub = self._pub
+        if pub is not None:
+            return pub
+        mu = self._mu
+        if mu._is_owned():  # from code the map runs under its mutex: this thread holds it
+            if self._pub is None:
+                self._pub = Published(_load_read)
+            return self._pub
+        try:
+            mu.acquire()
+            if self._pub is None:
+                self._pub = Published(_load_read)
+            pub = self._pub
+            mu.release()
+        except BaseException:
+            if mu._is_owned():
+                mu.release()
+            raise
+        return pub
+
+
+# -- SyncMapHandle ------------------------------------------------------------------------
+
+
+def _load_read(m: SyncMap[Any, Any]) -> _ReadOnly:
+    """Published's load: the map's current read map (one attribute load)."""
+    return m._read
+
+
+def _derive_read(read: _ReadOnly) -> tuple[Any, Any, bool]:
+    """A handle's cell beyond [stale, read]: bound methods of read's dict, made by the refreshing thread."""
+    m = read.m
+    return (m.get, m.__getitem__, read.amended)
+
+
+# A handle's cell: [stale, read, get, getitem, amended] (ftmap._published.Follower); the
+# handle's methods index it with literals (a global's load would cost a dict lookup).
+
+
+class _HandleWholeMap:
+    """What a SyncMap handle (pure or C) leaves to its map: whole-map operations, pickling."""
+
+    __slots__ = ()
+
+    map: Any
+
+    def __len__(self) -> int:
+        return len(self.map)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.map)
+
+    def __bool__(self) -> bool:
+        return bool(self.map)
+
+    def keys(self) -> Any:
+        return self.map.keys()
+
+    def items(self) -> Any:
+        return self.map.items()
+
+    def values(self) -> Any:
+        return self.map.values()
+
+    def __eq__(self, other: object) -> bool:
+        return self.map == other  # type: ignore[no-any-return]
+
+    def __ne__(self, other: object) -> bool:
+        return self.map != other  # type: ignore[no-any-return]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.map!r})"
+
+    def range(self, fn: Callable[[Any, Any], object]) -> None:
+        """The map's range (see SyncMap.range)."""
+        self.map.range(fn)
+
+    def clear(self) -> None:
+        """The map's clear."""
+        self.map.clear()
+
+    def stats(self) -> SyncMapStats:
+        """The map's stats."""
+        return self.map.stats()  # type: ignore[no-any-return]
+
+    def copy(self) -> Any:
+        """A copy of the map (a SyncMap, not a handle)."""
+        return self.map.copy()
+
+    def popitem(self) -> tuple[Any, Any]:
+        """The map's popitem."""
+        return self.map.popitem()  # type: ignore[no-any-return]
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError(
+            f"cannot pickle a {type(self).__name__}: it is one thread's view of its map; "
+            "pickle the map (handle.map) and call handle() on the copy"
+        )
+
+
+class SyncMapHandle(_HandleWholeMap, Follower[_ReadOnly], MutableMapping[K, V]):
+    """A SyncMap's single-key API for one thread to keep: ``h = m.handle()``.
+
+    Every single-key operation of the map (load, store, swap, load_or_store,
+    load_and_delete, delete, compare_and_swap, compare_and_delete, ``h[k]``, get,
+    ``in``, ``h[k] = v``, ``del h[k]``, pop, setdefault) with the map's exact
+    semantics: results, exceptions, the re-entrancy rule, stats, the asynchronous-
+    exception guarantee. len, iteration, the views, ``==``, repr, range, clear,
+    stats, copy and popitem go to the map (``h.map``).
+
+    Why: the map's own read loads the map's read map, its dict and a fresh bound
+    method: shared objects whose reference counts every reading thread writes, so
+    reads through one map do not scale with threads on free-threaded Python. The
+    handle keeps, in a cell of its own (ftmap._published.Follower), bound methods of
+    the current read map made by its thread, and a stale flag that the map sets
+    whenever it replaces the read map; a read-map hit then touches only the entry
+    and the value. Stores to read-map keys take only the entry's lock, as the map's.
+
+    A handle may be used from any thread, and keeps every guarantee there
+    (linearizable operations, read-your-writes): it is only FAST in the thread that
+    made it (another thread's use works on bound methods made by the handle's
+    thread, which costs it a shared reference count). Handles cannot be pickled.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, m: SyncMap[K, V]) -> None:
+        Follower.__init__(self, m._published_for_handles(), m, _derive_read)
+
+    @property
+    def map(self) -> SyncMap[K, V]:
+        """The map this handle works on."""
+        return self._owner  # type: ignore[no-any-return]
+
+    # Each operation reads its cell afresh, refreshes it when a writer flagged it, and then
+    # is the map's method with `self._read.m.get` replaced by the cell's bound method.
+
+    def load(self, key: K) -> tuple[V | None, bool]:
+        """The value for key and True, or (None, False) if absent."""
+        cell = self.cell
+        if cell[0]:
+            cell = self.refresh()
+        entry = cell[2](key)
+        if entry is not None:
+            value = entry.value
+        elif cell[4]:
+            value = self._owner._value_slow(key, "load")
+        else:
+            return None, False
+        return (None, False) if value is _DELETED else (value, True)
+
+    def __getitem__(self, key: K) -> V:
+        cell = self.cell
+        if cell[0]:
+            cell = self.refresh()
+        try:
+            value = cell[3](key).value
+        except KeyError:
+            if not cell[4]:
+                raise
+            value = self._owner._value_slow(key, "[]")
+        if value is _DELETED:
+            raise KeyError(key)
+        return value  # type: ignore[no-any-return]
+
+    @overload
+    def get(self, key: K, /) -> V | None: ...
+    @overload
+    def get(self, key: K, default: V | D, /) -> V | D: ...
+
+    def get(self, key: K, default: object = None, /) -> object:
+        cell = self.cell
+        if cell[0]:
+            cell = self.refresh()
+        entry = cell[2](key)
+        if entry is not None:
+            value = entry.value
+        elif cell[4]:
+            value = self._owner._value_slow(key, "get")
+        else:
+            return default
+        return default if value is _DELETED else value
+
+    def __contains__(self, key: object) -> bool:
+        cell = self.cell
+        if cell[0]:
+            cell = self.refresh()
+        entry = cell[2](key)
+        if entry is not None:
+            return entry.value is not _DELETED
+        return cell[4] and self._owner._value_slow(key, "in") is not _DELETED
+
+    def store(self, key: K, value: V) -> None:
+        """Set the value for key."""
+        cell = self.cell
+        if cell[0]:
+            cell = self.refresh()
+        entry = cell[2](key)
+        if entry is not None:
+            lock = entry.lock
+            try:  # Entry.try_swap, inlined: the hot write path (as SyncMap.store)
+                lock.acquire()
+                if not entry.expunged:
+                    previous = entry.value  # noqa: F841  # dropped (its __del__ run) after the release
+                    entry.value = value
+                    lock.release()
+                    return
+                lock.release()
+            except BaseException:
+                if lock._is_owned():
+                    lock.release()
+                raise
+        self._owner._swap_slow(key, value, "store")
+
+    __setitem__ = store
+
+    def swap(self, key: K, value: V) -> tuple[V | None, bool]:
+        """Set the value for key; return the previous value and whether there was one."""
+        cell = self.cell
+        if cell[0]:
+            cell = self.refresh()
+        entry = cell[2](key)
+        if entry is not None:
+            previous = entry.try_swap(value)
+            if previous is not _EXPUNGED:
+                return (None, False) if previous is _DELETED else (previous, True)
+        previous = self._owner._swap_slow(key, value, "swap")
+        return (None, False) if previous is _DELETED else (previous, True)
+
+    def load_or_store(self, key: K, value: V) -> tuple[V, bool]:
+        """The existing value and True, or store value and return it with False."""
+        cell = self.cell
+        if cell[0]:
+            cell = self.refresh()
+        entry = cell[2](key)
+        if entry is not None:
+            result = entry.try_load_or_store(value)
+            if result is not _EXPUNGED:
+                return result  # type: ignore[no-any-return]
+        return self._owner._load_or_store_slow(key, value)  # type: ignore[no-any-return]
+
+    def setdefault(self, key: K, default: V = None, /) -> V:  # type: ignore[assignment]
+        """Atomic: the same as load_or_store(key, default)[0]."""
+        return self.load_or_store(key, default)[0]
+
+    def load_and_delete(self, key: K) -> tuple[V | None, bool]:
+        """Delete key; return the value it had and whether it was present."""
+        cell = self.cell
+        if cell[0]:
+            cell = self.refresh()
+        entry = cell[2](key)
+        if entry is None and cell[4]:
+            entry = self._owner._load_and_delete_slow(key)
+        if entry is None:
+            return None, False
+        previous = entry.delete()
+        return (None, False) if previous is _DELETED else (previous, True)
+
+    def delete(self, key: K) -> None:
+        """Delete key, if present."""
+        self.load_and_delete(key)
+
+    def __delitem__(self, key: K) -> None:
+        if not self.load_and_delete(key)[1]:
+            raise KeyError(key)
+
+    @overload
+    def pop(self, key: K, /) -> V: ...
+    @overload
+    def pop(self, key: K, default: V | D, /) -> V | D: ...
+
+    def pop(self, key: K, default: object = _MISSING, /) -> object:
+        value, loaded = self.load_and_delete(key)
+        if loaded:
+            return value
+        if default is _MISSING:
+            raise KeyError(key)
+        return default
+
+    def compare_and_swap(self, key: K, old: V, new: V) -> bool:
+        """Replace key's value with new if it is old (identity, then ==); True if swapped."""
+        cell = self.cell
+        if cell[0]:
+            cell = self.refresh()
+        entry = cell[2](key)
+        if entry is None:
+            if not cell[4]:
+                return False
+            entry = self._owner._compare_and_swap_slow(key)
+            if entry is None:
+                return False
+        return entry.compare_and_set(old, new)  # type: ignore[no-any-return]
+
+    def compare_and_delete(self, key: K, old: V) -> bool:
+        """Delete key if its value is old (identity, then ==); True if deleted."""
+        cell = self.cell
+        if cell[0]:
+            cell = self.refresh()
+        entry = cell[2](key)
+        if entry is None and cell[4]:
+            entry = self._owner._locate_slow(key, "compare_and_delete", True)
+        return entry is not None and entry.compare_and_set(old, _DELETED)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import importlib
 from _thread import RLock
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from itertools import repeat
 from operator import attrgetter, is_, is_not
 from typing import Any, TypeVar, overload
@@ -35,9 +35,9 @@ from typing import Any, TypeVar, overload
 from . import _impl
 from ._base import ItemsBackedMap
 from ._errors import RecursiveUpdateError
-from ._sync import SyncMapStats, _DebugEntry, _DebugState, _OwnedLock
+from ._sync import SyncMapStats, _DebugEntry, _DebugState, _HandleWholeMap, _Missing, _OwnedLock
 
-__all__ = ["SyncMap"]
+__all__ = ["SyncMap", "SyncMapHandle"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -47,7 +47,7 @@ _core: Any = importlib.import_module("ftmap._core")
 _Entry: Any = _core._SyncEntry
 _DELETED: Any = _core._SYNC_DELETED  # what an entry's methods return for "no value"
 _EXPUNGED: Any = _core._SYNC_EXPUNGED  # what try_swap / try_load_or_store return for "expunged"
-_MISSING: Any = object()
+_MISSING: Any = _Missing  # a class: loading it touches no shared reference count
 
 _value_of = attrgetter("value")
 
@@ -573,3 +573,78 @@ class SyncMap(_core.SyncMapBase, ItemsBackedMap[K, V]):  # type: ignore[misc]
 
     def __reduce__(self) -> tuple[object, ...]:
         return _impl.reduce(self, "SyncMap", (dict(self._items()),))
+
+    def handle(self) -> SyncMapHandle[K, V]:
+        """A handle for the calling thread to keep (see SyncMapHandle)."""
+        return SyncMapHandle(self)
+
+
+class SyncMapHandle(_core.SyncMapHandleBase, _HandleWholeMap, MutableMapping[K, V]):  # type: ignore[misc]
+    """A SyncMap's single-key API for one thread to keep: ``h = m.handle()``.
+
+    The C core's variant of ftmap._sync.SyncMapHandle, with the same API and
+    semantics (read that class's documentation). The C base keeps the read map
+    the handle loaded last and revalidates it with one atomic load
+    (csrc/syncmap.c, ftmap_ref_load_cached), so load, get, ``h[k]``, ``in``,
+    store and ``h[k] = v`` on a read-map key touch no shared reference count but
+    the entry's and the value's; a busy flag keeps that cache safe when several
+    threads share the handle (a thread that finds it taken goes the map's way).
+    The other single-key operations are the map's own methods.
+    """
+
+    __slots__ = ()
+
+    # The C methods' argument binders (see SyncMap's): the pure handle's signatures and names.
+    def _bind_load(self, key: Any) -> tuple[Any]:
+        return (key,)
+
+    def _bind_store(self, key: Any, value: Any) -> tuple[Any, Any]:
+        return (key, value)
+
+    def _bind_get(self, key: Any, default: Any = None, /) -> tuple[Any, Any]:
+        return (key, default)
+
+    _bind_load.__qualname__ = "SyncMapHandle.load"
+    _bind_store.__qualname__ = "SyncMapHandle.store"
+    _bind_get.__qualname__ = "SyncMapHandle.get"
+
+    def swap(self, key: K, value: V) -> tuple[V | None, bool]:
+        """Set the value for key; return the previous value and whether there was one."""
+        return self.map.swap(key, value)  # type: ignore[no-any-return]
+
+    def load_or_store(self, key: K, value: V) -> tuple[V, bool]:
+        """The existing value and True, or store value and return it with False."""
+        return self.map.load_or_store(key, value)  # type: ignore[no-any-return]
+
+    def setdefault(self, key: K, default: V = None, /) -> V:  # type: ignore[assignment, override]
+        """Atomic: the same as load_or_store(key, default)[0]."""
+        return self.map.load_or_store(key, default)[0]  # type: ignore[no-any-return]
+
+    def load_and_delete(self, key: K) -> tuple[V | None, bool]:
+        """Delete key; return the value it had and whether it was present."""
+        return self.map.load_and_delete(key)  # type: ignore[no-any-return]
+
+    def delete(self, key: K) -> None:
+        """Delete key, if present."""
+        self.map.load_and_delete(key)
+
+    @overload
+    def pop(self, key: K, /) -> V: ...
+    @overload
+    def pop(self, key: K, default: V | D, /) -> V | D: ...
+
+    def pop(self, key: K, default: object = _MISSING, /) -> object:
+        value, loaded = self.map.load_and_delete(key)
+        if loaded:
+            return value
+        if default is _MISSING:
+            raise KeyError(key)
+        return default
+
+    def compare_and_swap(self, key: K, old: V, new: V) -> bool:
+        """Replace key's value with new if it is old (identity, then ==); True if swapped."""
+        return self.map.compare_and_swap(key, old, new)  # type: ignore[no-any-return]
+
+    def compare_and_delete(self, key: K, old: V) -> bool:
+        """Delete key if its value is old (identity, then ==); True if deleted."""
+        return self.map.compare_and_delete(key, old)  # type: ignore[no-any-return]
