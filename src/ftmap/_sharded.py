@@ -698,6 +698,16 @@ class _HandleWholeMap(MutableMapping[K, V]):
         """The map's update."""
         self.map.update(other, **kwargs)
 
+    def __ior__(self, other: Any) -> Any:
+        self.map.update(other)
+        return self
+
+    def __or__(self, other: Any) -> Any:
+        return self.map | other
+
+    def __ror__(self, other: Any) -> Any:
+        return other | self.map
+
     def clear(self) -> None:
         """The map's clear."""
         self.map.clear()
@@ -765,7 +775,6 @@ class ShardedMapHandle(_HandleWholeMap[K, V]):
         "_name",
         "_places",
         "_release",
-        "_setitem",
         "map",
     )
 
@@ -774,7 +783,7 @@ class ShardedMapHandle(_HandleWholeMap[K, V]):
     #   cell of map._holding (the one the map's own methods use on that thread): only the owner
     #   reads or writes its item, exactly as the map's protocol says; so only the owner takes the
     #   fast path, and any other thread goes to the map (which finds its own cell).
-    # _dicts, _getitem, _setitem, _contains, _acquire, _release: lists, one entry per shard, of
+    # _dicts, _getitem, _contains, _acquire, _release: lists, one entry per shard, of
     #   map._dicts[i] and of bound methods of map._dicts[i] and map._locks[i], made by the owner:
     #   the owner's calls touch neither the shared dict's nor the lock's reference count. The
     #   map's lists never change (fixed at its construction), so these stay the map's.
@@ -794,7 +803,6 @@ class ShardedMapHandle(_HandleWholeMap[K, V]):
         dicts, locks = map._dicts, map._locks
         self._dicts = list(dicts)
         self._getitem = [d.__getitem__ for d in dicts]
-        self._setitem = [d.__setitem__ for d in dicts]
         self._contains = [d.__contains__ for d in dicts]
         self._acquire = [lock.acquire for lock in locks]
         self._release = [lock.release for lock in locks]
@@ -887,7 +895,7 @@ class ShardedMapHandle(_HandleWholeMap[K, V]):
         cell[0] = "set"
         try:
             self._acquire[index]()
-            self._setitem[index](key, value)
+            self._dicts[index][key] = value  # a dict store: cheaper than a bound __setitem__
         finally:
             cell[0] = None
             try:  # noqa: SIM105  (contextlib.suppress would call before the release)
@@ -993,7 +1001,29 @@ class ShardedMapHandle(_HandleWholeMap[K, V]):
         """
         if _get_ident() != self._ident:
             return self.map.compute(key, fn)
-        return self._write("compute", key, _compute, fn)
+        cell = self._cell  # _write inlined, as in the map's hot methods
+        if cell[0] is not None:
+            raise self.map._recursive(cell[0], "compute")
+        if self._hasher is None:
+            try:
+                index = self._places[hash_ := hash(key)]
+            except KeyError:
+                index = self._place(hash_)
+        else:
+            index = self._hasher(key) & self._mask
+        release = self._release[index]
+        cell[0] = "compute"
+        try:
+            self._acquire[index]()
+            data = self._dicts[index]
+            old = data.get(key, MISSING)
+            return _settle(data, key, old, fn(old))
+        finally:
+            cell[0] = None
+            try:  # noqa: SIM105  (contextlib.suppress would call before the release)
+                release()
+            except RuntimeError:  # not held: the acquire never happened
+                pass
 
     def compute_if_absent(self, key: K, factory: Callable[[K], V]) -> V:
         """key's value; if absent, store factory(key) first and return it (see the map's)."""
@@ -1016,7 +1046,32 @@ class ShardedMapHandle(_HandleWholeMap[K, V]):
             raise marker_error(value, "merge", self._name)
         if _get_ident() != self._ident:
             return self.map.merge(key, value, fn)
-        return self._write("merge", key, _merge, value, fn)
+        cell = self._cell  # _write inlined, as in the map's hot methods
+        if cell[0] is not None:
+            raise self.map._recursive(cell[0], "merge")
+        if self._hasher is None:
+            try:
+                index = self._places[hash_ := hash(key)]
+            except KeyError:
+                index = self._place(hash_)
+        else:
+            index = self._hasher(key) & self._mask
+        release = self._release[index]
+        cell[0] = "merge"
+        try:
+            self._acquire[index]()
+            data = self._dicts[index]
+            old = data.get(key, MISSING)
+            if old is MISSING:
+                data[key] = value
+                return value
+            return _settle(data, key, old, fn(old, value))
+        finally:
+            cell[0] = None
+            try:  # noqa: SIM105  (contextlib.suppress would call before the release)
+                release()
+            except RuntimeError:  # not held: the acquire never happened
+                pass
 
     def upsert(self, key: K, value: V, cb: Callable[[bool, V | None, V], V]) -> Any:
         """Store cb(exists, old or None, value) and return it (orcaman's Upsert)."""
@@ -1084,19 +1139,6 @@ def _pop(data: dict[Any, Any], key: Any, *default: Any) -> Any:
 
 def _setdefault(data: dict[Any, Any], key: Any, default: Any) -> Any:
     return data.setdefault(key, default)
-
-
-def _compute(data: dict[Any, Any], key: Any, fn: Callable[[Any], Any]) -> Any:
-    old = data.get(key, MISSING)
-    return _settle(data, key, old, fn(old))
-
-
-def _merge(data: dict[Any, Any], key: Any, value: Any, fn: Callable[[Any, Any], Any]) -> Any:
-    old = data.get(key, MISSING)
-    if old is MISSING:
-        data[key] = value
-        return value
-    return _settle(data, key, old, fn(old, value))
 
 
 def _set_if_absent(data: dict[Any, Any], key: Any, value: Any) -> bool:

@@ -175,6 +175,10 @@ def test_whole_map_operations_go_to_the_map(impl: str) -> None:
     h = m.handle()
     h.update({"b": 2}, c=3)
     h.mset({"d": 4})
+    h |= {"e": 5}
+    assert (h | {"f": 6}) == {**m, "f": 6} and ({"f": 6} | h) == {"f": 6, **m}
+    assert type(h | {}) is type(m) and type({} | h) is type(m)
+    del h["e"]
     assert len(h) == 4 and sorted(h) == ["a", "b", "c", "d"]
     assert sorted(h.keys()) == sorted(m.keys()) and sorted(h.items()) == sorted(m.items())
     assert sorted(h.values()) == [1, 2, 3, 4]
