@@ -72,12 +72,21 @@
 /* The most shards (2**FTMAP_SHARD_BITS_MAX), as the pure map's MAX_SHARDS. */
 #define SHARDS_MAX ((Py_ssize_t)1 << FTMAP_SHARD_BITS_MAX)
 
+/* One shard per 64 bytes (a cache line on the machines CPython targets): the shard locks of
+ * different shards never share a line, so threads writing different shards (through handles,
+ * issue 12) contend on nothing but their own shard's lock and dict. Unpadded, four shards shared
+ * a line and disjoint writers bounced it between cores. The cost: 64 bytes a shard. */
+#define SHARD_BYTES 64
+
 typedef struct {
     PyMutex mu;     /* the shard lock: serialises every change to dict. Held only by the C
                      * functions below, never across a return to Python. */
     PyObject *dict; /* fixed at setup (a plain dict, never replaced). Content: changed only with
                      * mu held, read by anyone with no lock through the dict API. */
+    char padding[SHARD_BYTES - 2 * sizeof(PyObject *)]; /* never read or written */
 } shard_t;
+
+_Static_assert(sizeof(shard_t) == SHARD_BYTES, "a shard is one cache line");
 
 typedef struct {
     PyObject_HEAD
