@@ -72,12 +72,21 @@
 /* The most shards (2**FTMAP_SHARD_BITS_MAX), as the pure map's MAX_SHARDS. */
 #define SHARDS_MAX ((Py_ssize_t)1 << FTMAP_SHARD_BITS_MAX)
 
+/* One shard per 64 bytes (a cache line on the machines CPython targets): the shard locks of
+ * different shards never share a line, so threads writing different shards (through handles,
+ * issue 12) contend on nothing but their own shard's lock and dict. Unpadded, four shards shared
+ * a line and disjoint writers bounced it between cores. The cost: 64 bytes a shard. */
+#define SHARD_BYTES 64
+
 typedef struct {
     PyMutex mu;     /* the shard lock: serialises every change to dict. Held only by the C
                      * functions below, never across a return to Python. */
     PyObject *dict; /* fixed at setup (a plain dict, never replaced). Content: changed only with
                      * mu held, read by anyone with no lock through the dict API. */
+    char padding[SHARD_BYTES - 2 * sizeof(PyObject *)]; /* never read or written */
 } shard_t;
+
+_Static_assert(sizeof(shard_t) == SHARD_BYTES, "a shard is one cache line");
 
 typedef struct {
     PyObject_HEAD
@@ -1214,12 +1223,189 @@ static PyType_Spec sharded_spec = {
     .slots = sharded_slots,
 };
 
+/* -- ShardedMapHandleBase: the per-thread handle (issue 12) --------------------------------------
+ *
+ * A handle holds a strong reference to its map and runs the map's own C functions on it (the same
+ * code, so the same checks, results, exceptions, messages and re-entrancy marks: the marks are
+ * the thread-local held_top records, per thread whichever object the call came through). Its
+ * point is the reference count: calling a method of a map shared by many threads writes the
+ * map's shared count on every call (the interpreter increfs `self`), while a handle made by a
+ * thread is that thread's object (biased reference counting: its own count, no atomics), and
+ * the functions below touch no other count but what the returned value needs. The map's fixed
+ * parts are read without a lock (shards_of: one acquire load; the array never changes while
+ * the map lives, see ShardedMapObject.shards; the handle's strong reference keeps it alive).
+ *
+ * No per-handle mutable state: nothing to protect, so a handle shared by several threads is as
+ * correct as the map (it is only slower there: its count is shared then).
+ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *map; /* a set-up ShardedMapBase instance, strong; fixed at construction (tp_new)
+                    * and kept until dealloc (tp_clear leaves it: a method running on another
+                    * reference must still find it). Read by anyone with no lock. */
+} ShardedHandleObject;
+
+static inline PyObject *
+handle_map(PyObject *op)
+{
+    return ((ShardedHandleObject *)op)->map;
+}
+
+static PyObject *
+handle_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    ftmap_state *st = ftmap_state_of_type(type);
+    if (st == NULL) {
+        return NULL;
+    }
+    PyObject *map;
+    static char *kwlist[] = {"map", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:ShardedMapHandle", kwlist, &map)) {
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(map, (PyTypeObject *)st->ShardedMapBaseType)) {
+        PyErr_Format(PyExc_TypeError, "ShardedMapHandle needs a C ShardedMap, not %.200s",
+                     Py_TYPE(map)->tp_name);
+        return NULL;
+    }
+    if (shards_of((ShardedMapObject *)map) == NULL) {
+        return NULL; /* not set up: RuntimeError */
+    }
+    ShardedHandleObject *self = (ShardedHandleObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->map = Py_NewRef(map);
+    return (PyObject *)self;
+}
+
+static int
+handle_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(handle_map(op));
+    return 0;
+}
+
+static void
+handle_dealloc(PyObject *op)
+{
+    ShardedHandleObject *self = (ShardedHandleObject *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    Py_CLEAR(self->map);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+handle_subscript(PyObject *op, PyObject *key)
+{
+    return sharded_subscript(handle_map(op), key);
+}
+
+static int
+handle_ass_subscript(PyObject *op, PyObject *key, PyObject *value)
+{
+    return sharded_ass_subscript(handle_map(op), key, value);
+}
+
+static int
+handle_contains(PyObject *op, PyObject *key)
+{
+    return sharded_contains(handle_map(op), key);
+}
+
+static Py_ssize_t
+handle_length(PyObject *op)
+{
+    return sharded_length(handle_map(op));
+}
+
+#define FTMAP_HANDLE_FASTCALL(name)                                                               \
+    static PyObject *handle_##name(PyObject *op, PyObject *const *args, Py_ssize_t nargs)       \
+    {                                                                                             \
+        return sharded_##name(handle_map(op), args, nargs);                                       \
+    }
+FTMAP_HANDLE_FASTCALL(get)
+FTMAP_HANDLE_FASTCALL(pop)
+FTMAP_HANDLE_FASTCALL(setdefault)
+FTMAP_HANDLE_FASTCALL(set_if_absent)
+FTMAP_HANDLE_FASTCALL(replace)
+FTMAP_HANDLE_FASTCALL(remove)
+FTMAP_HANDLE_FASTCALL(compute)
+FTMAP_HANDLE_FASTCALL(compute_if_absent)
+FTMAP_HANDLE_FASTCALL(compute_if_present)
+FTMAP_HANDLE_FASTCALL(merge)
+FTMAP_HANDLE_FASTCALL(upsert)
+FTMAP_HANDLE_FASTCALL(remove_if)
+#undef FTMAP_HANDLE_FASTCALL
+
+static PyObject *
+handle_get_map(PyObject *op, void *closure)
+{
+    (void)closure;
+    return Py_NewRef(handle_map(op));
+}
+
+#define FTMAP_HANDLE_METHOD(name) \
+    {#name, _PyCFunction_CAST(handle_##name), METH_FASTCALL, NULL}
+static PyMethodDef handle_methods[] = {
+    FTMAP_HANDLE_METHOD(get),
+    FTMAP_HANDLE_METHOD(pop),
+    FTMAP_HANDLE_METHOD(setdefault),
+    FTMAP_HANDLE_METHOD(set_if_absent),
+    FTMAP_HANDLE_METHOD(replace),
+    FTMAP_HANDLE_METHOD(remove),
+    FTMAP_HANDLE_METHOD(compute),
+    FTMAP_HANDLE_METHOD(compute_if_absent),
+    FTMAP_HANDLE_METHOD(compute_if_present),
+    FTMAP_HANDLE_METHOD(merge),
+    FTMAP_HANDLE_METHOD(upsert),
+    FTMAP_HANDLE_METHOD(remove_if),
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+#undef FTMAP_HANDLE_METHOD
+
+static PyGetSetDef handle_getset[] = {
+    {"map", handle_get_map, NULL, "The map this handle works on.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot handle_slots[] = {
+    {Py_tp_new, handle_new},
+    {Py_tp_dealloc, handle_dealloc},
+    {Py_tp_traverse, handle_traverse},
+    {Py_tp_methods, handle_methods},
+    {Py_tp_getset, handle_getset},
+    {Py_mp_subscript, handle_subscript},
+    {Py_mp_ass_subscript, handle_ass_subscript},
+    {Py_mp_length, handle_length},
+    {Py_sq_contains, handle_contains},
+    {Py_tp_doc, "The C core of ftmap.ShardedMapHandle (use ShardedMap.handle())."},
+    {0, NULL},
+};
+
+static PyType_Spec handle_spec = {
+    .name = "ftmap._core.ShardedMapHandleBase",
+    .basicsize = sizeof(ShardedHandleObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_MAPPING,
+    .slots = handle_slots,
+};
+
 int
 ftmap_shardedmap_exec(PyObject *module, ftmap_state *st)
 {
     st->ShardedMapBaseType = PyType_FromModuleAndSpec(module, &sharded_spec, NULL);
     if (st->ShardedMapBaseType == NULL ||
         PyModule_AddObjectRef(module, "ShardedMapBase", st->ShardedMapBaseType) < 0) {
+        return -1;
+    }
+    st->ShardedMapHandleBaseType = PyType_FromModuleAndSpec(module, &handle_spec, NULL);
+    if (st->ShardedMapHandleBaseType == NULL ||
+        PyModule_AddObjectRef(module, "ShardedMapHandleBase", st->ShardedMapHandleBaseType) < 0) {
         return -1;
     }
     return 0;

@@ -50,7 +50,7 @@ from .etcd import EtcdClient, EtcdSource, EtcdSourceStatus
 # (which always stays importable from its own module). One line per name in _impl.PURE.
 if TYPE_CHECKING:
     from ._fnv import fnv1_32, fnv1a_32, fnv1a_64
-    from ._sharded import ShardedMap
+    from ._sharded import ShardedMap, ShardedMapHandle
     from ._snapshot import SnapshotMap
     from ._sync import SyncMap, SyncMapHandle
     from ._unsafe import UnsafeMap
@@ -59,6 +59,7 @@ else:
     fnv1a_32 = _impl.select("fnv1a_32")
     fnv1a_64 = _impl.select("fnv1a_64")
     ShardedMap = _impl.select("ShardedMap")
+    ShardedMapHandle = _impl.select("ShardedMapHandle")
     SnapshotMap = _impl.select("SnapshotMap")
     SyncMap = _impl.select("SyncMap")
     SyncMapHandle = _impl.select("SyncMapHandle")
@@ -93,6 +94,7 @@ __all__ = [
     "PublishError",
     "RecursiveUpdateError",
     "ShardedMap",
+    "ShardedMapHandle",
     "Snapshot",
     "SnapshotMap",
     "SnapshotReader",

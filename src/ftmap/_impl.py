@@ -66,6 +66,7 @@ PURE: dict[str, str] = {
     "SyncMap": "ftmap._sync",
     "SyncMapHandle": "ftmap._sync",
     "ShardedMap": "ftmap._sharded",
+    "ShardedMapHandle": "ftmap._sharded",
     "SnapshotMap": "ftmap._snapshot",
     "fnv1_32": "ftmap._fnv",
     "fnv1a_32": "ftmap._fnv",
@@ -77,6 +78,7 @@ PURE: dict[str, str] = {
 # subclasses a C type from ftmap._core. That module is imported only where the C core imports.
 C_MODULES: dict[str, str] = {
     "ShardedMap": "ftmap._sharded_c",
+    "ShardedMapHandle": "ftmap._sharded_c",
     "SnapshotMap": "ftmap._snapshot_c",
     "SyncMap": "ftmap._sync_c",
     "SyncMapHandle": "ftmap._sync_c",

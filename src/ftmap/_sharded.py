@@ -62,9 +62,13 @@ from __future__ import annotations
 import threading
 from collections.abc import (
     Callable,
+    ItemsView,
     Iterable,
     Iterator,
+    KeysView,
     Mapping,
+    MutableMapping,
+    ValuesView,
 )
 from typing import Any, TypeVar, overload
 
@@ -76,7 +80,7 @@ from ._fnv import OFFSET_64 as _OFFSET_64
 from ._fnv import PRIME_64 as _PRIME_64
 from ._markers import DELETE, MISSING, marker_error
 
-__all__ = ["ShardedMap"]
+__all__ = ["ShardedMap", "ShardedMapHandle"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -615,6 +619,11 @@ class ShardedMap(ItemsBackedMap[K, V]):
                     pass
         raise KeyError("popitem(): ShardedMap is empty")
 
+    def handle(self) -> ShardedMapHandle[K, V]:
+        """A per-thread handle on this map (issue 12): the same single-key API, faster in the
+        thread that made it. See ShardedMapHandle."""
+        return ShardedMapHandle(self)
+
     # -- reading many keys: no lock, shard by shard ------------------------------------------
 
     def _items(self) -> Iterator[tuple[Any, Any]]:
@@ -648,6 +657,433 @@ class ShardedMap(ItemsBackedMap[K, V]):
             "marked": {ident: cell[0] for ident, cell in self._holding.items() if cell[0] is not None},
             "locked": [i for i, lock in enumerate(self._locks) if lock._is_owned()],  # type: ignore[attr-defined]
         }
+
+
+class _HandleWholeMap(MutableMapping[K, V]):
+    """The parts of a ShardedMap handle that go to its map: whole-map operations, iteration,
+    the views, ``==``, ``repr``. Shared by the pure handle and the C one (ftmap._sharded_c).
+    Subclasses provide ``map`` and the single-key API."""
+
+    __slots__ = ()
+    map: Any
+
+    def __len__(self) -> int:
+        return len(self.map)
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self.map)
+
+    def keys(self) -> KeysView[K]:
+        return self.map.keys()  # type: ignore[no-any-return]
+
+    def values(self) -> ValuesView[V]:
+        return self.map.values()  # type: ignore[no-any-return]
+
+    def items(self) -> ItemsView[K, V]:
+        return self.map.items()  # type: ignore[no-any-return]
+
+    def __eq__(self, other: object) -> bool:
+        return self.map == (other.map if isinstance(other, _HandleWholeMap) else other)  # type: ignore[no-any-return]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.map!r})"
+
+    def mset(self, mapping: Mapping[K, V]) -> None:
+        """The map's mset."""
+        self.map.mset(mapping)
+
+    def update(self, other: Any = (), /, **kwargs: V) -> None:
+        """The map's update."""
+        self.map.update(other, **kwargs)
+
+    def __ior__(self, other: Any) -> Any:
+        self.map.update(other)
+        return self
+
+    def __or__(self, other: Any) -> Any:
+        return self.map | other
+
+    def __ror__(self, other: Any) -> Any:
+        return other | self.map
+
+    def clear(self) -> None:
+        """The map's clear."""
+        self.map.clear()
+
+    def popitem(self) -> tuple[K, V]:
+        """The map's popitem."""
+        return self.map.popitem()  # type: ignore[no-any-return]
+
+    def copy(self) -> Any:
+        """The map's copy: a new map (not a handle)."""
+        return self.map.copy()
+
+    def shard_index(self, key: K) -> int:
+        """The map's shard_index."""
+        return self.map.shard_index(key)  # type: ignore[no-any-return]
+
+    def shard_sizes(self) -> list[int]:
+        """The map's shard_sizes."""
+        return self.map.shard_sizes()  # type: ignore[no-any-return]
+
+    @property
+    def shards(self) -> int:
+        return self.map.shards  # type: ignore[no-any-return]
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"a {type(self).__name__} cannot be pickled: it belongs to a thread of this process; "
+            "pickle its map (handle.map) and make a handle from the copy"
+        )
+
+    __copy__ = copy  # copy.copy(handle) is a copy of the map, as handle.copy()
+
+
+class ShardedMapHandle(_HandleWholeMap[K, V]):
+    """A per-thread handle on a ShardedMap (``m.handle()``, issue 12): the map's whole
+    single-key API (``[]``, ``get``, ``in``, ``[]=``, ``del``, ``pop``, ``setdefault``,
+    ``set_if_absent``, ``replace``, ``remove``, ``compute``, ``compute_if_absent``,
+    ``compute_if_present``, ``merge``, ``upsert``, ``remove_if``) with the map's exact
+    semantics: the same results, exceptions and messages, re-entrancy rules (a callback may
+    read the map or the handle, not write either: RecursiveUpdateError) and markers. Writes
+    through a handle and through the map, or through other handles, exclude each other per
+    shard exactly as the map's own writes do: they take the same shard locks and set the same
+    per-thread marks. ``len``, iteration, the views, ``==``, ``repr`` and the whole-map
+    operations (mset, update, clear, popitem, copy, shard_sizes ...) go to the map;
+    ``h.map`` is the map. ``copy()`` and ``copy.copy(h)`` copy the map (a new map); a handle
+    cannot be pickled or deep-copied (pickle the map).
+
+    Keep one per thread: it is fast only in the thread that made it (it holds that thread's
+    bound methods of the shard dicts and locks, its re-entrancy mark and its own placement
+    cache, so its operations touch no reference count or dict shared with other threads but
+    the shard's own). Any other thread may use it too, with every guarantee (its operations
+    then go the map's way: one ``get_ident()`` comparison decides).
+    """
+
+    __slots__ = (
+        "_acquire",
+        "_bits",
+        "_cell",
+        "_contains",
+        "_dicts",
+        "_getitem",
+        "_hasher",
+        "_ident",
+        "_mask",
+        "_name",
+        "_places",
+        "_release",
+        "map",
+    )
+
+    # All fields are fixed at construction and made by the constructing thread (the "owner"):
+    # map: the map (a strong reference). _ident: the owner's get_ident(). _cell: the owner's
+    #   cell of map._holding (the one the map's own methods use on that thread): only the owner
+    #   reads or writes its item, exactly as the map's protocol says; so only the owner takes the
+    #   fast path, and any other thread goes to the map (which finds its own cell).
+    # _dicts, _getitem, _contains, _acquire, _release: lists, one entry per shard, of
+    #   map._dicts[i] and of bound methods of map._dicts[i] and map._locks[i], made by the owner:
+    #   the owner's calls touch neither the shared dict's nor the lock's reference count. The
+    #   map's lists never change (fixed at its construction), so these stay the map's.
+    # _places: hash(key) -> shard index under the default placement: the owner's own cache
+    #   (the map's _places is a dict shared by every thread). Any thread may read and write it
+    #   with single dict operations; every entry is correct whenever it is seen. Cleared when it
+    #   holds _PLACES_MIN entries and at least as many as the map has keys.
+    # _hasher, _mask, _bits, _name: the map's, fixed; _name is the map's class name (messages).
+
+    def __init__(self, map: ShardedMap[K, V]) -> None:
+        if not isinstance(map, ShardedMap):
+            raise TypeError(f"ShardedMapHandle needs a pure-Python ShardedMap, not {type(map).__name__}")
+        map._places  # noqa: B018  (assigned last: AttributeError if the map is not set up)
+        self.map = map
+        self._ident = _get_ident()
+        self._cell = map._new_cell()
+        dicts, locks = map._dicts, map._locks
+        self._dicts = list(dicts)
+        self._getitem = [d.__getitem__ for d in dicts]
+        self._contains = [d.__contains__ for d in dicts]
+        self._acquire = [lock.acquire for lock in locks]
+        self._release = [lock.release for lock in locks]
+        self._hasher = map._hasher
+        self._mask = map._mask
+        self._bits = map._bits
+        self._name = type(map).__name__
+        self._places: dict[int, int] = {}
+
+    def _place(self, hash_: int) -> int:
+        """The default placement of a key whose hash() is hash_, computed and cached here."""
+        index = _shard_of_hash(hash_, self._bits)
+        places = self._places
+        if len(places) >= _PLACES_MIN and len(places) >= len(self.map):
+            places.clear()
+        places[hash_] = index
+        return index
+
+    def _index(self, key: Any) -> int:
+        """key's shard (the map's shard_index, with this handle's cache)."""
+        if self._hasher is None:
+            try:
+                return self._places[hash_ := hash(key)]
+            except KeyError:
+                return self._place(hash_)
+        return self._hasher(key) & self._mask
+
+    # -- single-key reads: no lock -----------------------------------------------------------
+
+    def __getitem__(self, key: K) -> V:
+        if self._hasher is None:
+            try:
+                index = self._places[hash_ := hash(key)]
+            except KeyError:
+                index = self._place(hash_)
+        else:
+            index = self._hasher(key) & self._mask
+        return self._getitem[index](key)  # type: ignore[no-any-return]
+
+    @overload
+    def get(self, key: K, /) -> V | None: ...
+    @overload
+    def get(self, key: K, default: V | D, /) -> V | D: ...
+
+    def get(self, key: K, default: object = None, /) -> object:
+        if self._hasher is None:
+            try:
+                index = self._places[hash_ := hash(key)]
+            except KeyError:
+                index = self._place(hash_)
+        else:
+            index = self._hasher(key) & self._mask
+        try:
+            return self._getitem[index](key)
+        except KeyError:
+            # A miss (or a key's __eq__ raising KeyError): dict.get gives the map's answer, a
+            # second read linearized at its own moment.
+            return self._dicts[index].get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        if self._hasher is None:
+            try:
+                index = self._places[hash_ := hash(key)]
+            except KeyError:
+                index = self._place(hash_)
+        else:
+            index = self._hasher(key) & self._mask
+        return self._contains[index](key)
+
+    # -- single-key writes: the shard lock, the owner's mark (the map's protocol, see its
+    # "locking" comment; an operation from another thread goes to the map) --------------------
+
+    def __setitem__(self, key: K, value: V) -> None:
+        if value is MISSING or value is DELETE:
+            raise marker_error(value, "set", self._name)
+        if _get_ident() != self._ident:
+            self.map[key] = value
+            return
+        cell = self._cell
+        if cell[0] is not None:
+            raise self.map._recursive(cell[0], "set")
+        if self._hasher is None:
+            try:
+                index = self._places[hash_ := hash(key)]
+            except KeyError:
+                index = self._place(hash_)
+        else:
+            index = self._hasher(key) & self._mask
+        release = self._release[index]
+        cell[0] = "set"
+        try:
+            self._acquire[index]()
+            self._dicts[index][key] = value  # a dict store: cheaper than a bound __setitem__
+        finally:
+            cell[0] = None
+            try:  # noqa: SIM105  (contextlib.suppress would call before the release)
+                release()
+            except RuntimeError:  # not held: the acquire never happened
+                pass
+
+    def __delitem__(self, key: K) -> None:
+        if _get_ident() != self._ident:
+            del self.map[key]
+            return
+        cell = self._cell
+        if cell[0] is not None:
+            raise self.map._recursive(cell[0], "delete")
+        if self._hasher is None:
+            try:
+                index = self._places[hash_ := hash(key)]
+            except KeyError:
+                index = self._place(hash_)
+        else:
+            index = self._hasher(key) & self._mask
+        release = self._release[index]
+        cell[0] = "delete"
+        try:
+            self._acquire[index]()
+            del self._dicts[index][key]
+        finally:
+            cell[0] = None
+            try:  # noqa: SIM105  (contextlib.suppress would call before the release)
+                release()
+            except RuntimeError:  # not held: the acquire never happened
+                pass
+
+    def _write(self, op: str, key: Any, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(shard dict, key, *args) under key's shard lock, on the owner thread (the map's
+        _write with this handle's fields)."""
+        cell = self._cell
+        if cell[0] is not None:
+            raise self.map._recursive(cell[0], op)
+        if self._hasher is None:
+            try:
+                index = self._places[hash_ := hash(key)]
+            except KeyError:
+                index = self._place(hash_)
+        else:
+            index = self._hasher(key) & self._mask
+        release = self._release[index]
+        cell[0] = op
+        try:
+            self._acquire[index]()
+            return fn(self._dicts[index], key, *args)
+        finally:
+            cell[0] = None
+            try:  # noqa: SIM105  (contextlib.suppress would call before the release)
+                release()
+            except RuntimeError:  # not held: the acquire never happened
+                pass
+
+    @overload
+    def pop(self, key: K, /) -> V: ...
+    @overload
+    def pop(self, key: K, default: V | D, /) -> V | D: ...
+
+    def pop(self, key: K, *default: object) -> object:
+        if _get_ident() != self._ident:
+            return self.map.pop(key, *default)
+        return self._write("pop", key, _pop, *default)
+
+    def setdefault(self, key: K, default: V = None, /) -> V:  # type: ignore[assignment]
+        """Atomic: the existing value, or default stored and returned."""
+        if default is MISSING or default is DELETE:
+            raise marker_error(default, "setdefault", self._name)
+        if _get_ident() != self._ident:
+            return self.map.setdefault(key, default)  # type: ignore[no-any-return]
+        return self._write("setdefault", key, _setdefault, default)  # type: ignore[no-any-return]
+
+    def set_if_absent(self, key: K, value: V) -> bool:
+        """Store value if key is absent; True if it was stored (orcaman's SetIfAbsent)."""
+        if value is MISSING or value is DELETE:
+            raise marker_error(value, "set_if_absent", self._name)
+        if _get_ident() != self._ident:
+            return self.map.set_if_absent(key, value)  # type: ignore[no-any-return]
+        return self._write("set_if_absent", key, _set_if_absent, value)  # type: ignore[no-any-return]
+
+    def replace(self, key: K, old: V, new: V) -> bool:
+        """Set new if key's value is old (identity, then ==); True if replaced."""
+        if new is MISSING or new is DELETE:
+            raise marker_error(new, "replace", self._name)
+        if _get_ident() != self._ident:
+            return self.map.replace(key, old, new)  # type: ignore[no-any-return]
+        return self._write("replace", key, _replace, old, new)  # type: ignore[no-any-return]
+
+    def remove(self, key: K, old: V) -> bool:
+        """Delete key if its value is old (identity, then ==); True if removed."""
+        if _get_ident() != self._ident:
+            return self.map.remove(key, old)  # type: ignore[no-any-return]
+        return self._write("remove", key, _remove, old)  # type: ignore[no-any-return]
+
+    def compute(self, key: K, fn: Callable[[Any], Any]) -> Any:
+        """Atomically set key to fn(value or MISSING); DELETE or MISSING leaves it absent.
+
+        Returns the new value, or MISSING if the key ends absent.
+        """
+        if _get_ident() != self._ident:
+            return self.map.compute(key, fn)
+        cell = self._cell  # _write inlined, as in the map's hot methods
+        if cell[0] is not None:
+            raise self.map._recursive(cell[0], "compute")
+        if self._hasher is None:
+            try:
+                index = self._places[hash_ := hash(key)]
+            except KeyError:
+                index = self._place(hash_)
+        else:
+            index = self._hasher(key) & self._mask
+        release = self._release[index]
+        cell[0] = "compute"
+        try:
+            self._acquire[index]()
+            data = self._dicts[index]
+            old = data.get(key, MISSING)
+            return _settle(data, key, old, fn(old))
+        finally:
+            cell[0] = None
+            try:  # noqa: SIM105  (contextlib.suppress would call before the release)
+                release()
+            except RuntimeError:  # not held: the acquire never happened
+                pass
+
+    def compute_if_absent(self, key: K, factory: Callable[[K], V]) -> V:
+        """key's value; if absent, store factory(key) first and return it (see the map's)."""
+        value = self.get(key, MISSING)
+        if value is not MISSING:
+            return value
+        if _get_ident() != self._ident:
+            return self.map._write("compute_if_absent", key, _compute_if_absent, factory)  # type: ignore[no-any-return]
+        return self._write("compute_if_absent", key, _compute_if_absent, factory)  # type: ignore[no-any-return]
+
+    def compute_if_present(self, key: K, fn: Callable[[V], Any]) -> Any:
+        """If key is present, set it to fn(value) (DELETE or MISSING removes it); the new value or MISSING."""
+        if _get_ident() != self._ident:
+            return self.map.compute_if_present(key, fn)
+        return self._write("compute_if_present", key, _compute_if_present, fn)
+
+    def merge(self, key: K, value: V, fn: Callable[[V, V], Any]) -> Any:
+        """Store value if key is absent, else fn(old, value) (DELETE or MISSING removes it); the result."""
+        if value is MISSING or value is DELETE:
+            raise marker_error(value, "merge", self._name)
+        if _get_ident() != self._ident:
+            return self.map.merge(key, value, fn)
+        cell = self._cell  # _write inlined, as in the map's hot methods
+        if cell[0] is not None:
+            raise self.map._recursive(cell[0], "merge")
+        if self._hasher is None:
+            try:
+                index = self._places[hash_ := hash(key)]
+            except KeyError:
+                index = self._place(hash_)
+        else:
+            index = self._hasher(key) & self._mask
+        release = self._release[index]
+        cell[0] = "merge"
+        try:
+            self._acquire[index]()
+            data = self._dicts[index]
+            old = data.get(key, MISSING)
+            if old is MISSING:
+                data[key] = value
+                return value
+            return _settle(data, key, old, fn(old, value))
+        finally:
+            cell[0] = None
+            try:  # noqa: SIM105  (contextlib.suppress would call before the release)
+                release()
+            except RuntimeError:  # not held: the acquire never happened
+                pass
+
+    def upsert(self, key: K, value: V, cb: Callable[[bool, V | None, V], V]) -> Any:
+        """Store cb(exists, old or None, value) and return it (orcaman's Upsert)."""
+        if _get_ident() != self._ident:
+            return self.map.upsert(key, value, cb)
+        return self._write("upsert", key, _upsert, value, cb)
+
+    def remove_if(self, key: K, predicate: Callable[[K, V | None, bool], bool]) -> bool:
+        """Delete key if predicate(key, value or None, exists) is true; True if removed."""
+        if _get_ident() != self._ident:
+            return self.map.remove_if(key, predicate)  # type: ignore[no-any-return]
+        return self._write("remove_if", key, _remove_if, predicate)  # type: ignore[no-any-return]
 
 
 def _rebuild(items: dict[Any, Any], shards: int, hasher: Callable[[Any], int]) -> ShardedMap[Any, Any]:
@@ -695,6 +1131,14 @@ def _snapshot(data: dict[Any, Any]) -> list[tuple[Any, Any]]:
 
 
 # -- the locked parts of the single-key writes: fn(shard dict, key, *args) ------------------
+
+
+def _pop(data: dict[Any, Any], key: Any, *default: Any) -> Any:
+    return data.pop(key, *default)
+
+
+def _setdefault(data: dict[Any, Any], key: Any, default: Any) -> Any:
+    return data.setdefault(key, default)
 
 
 def _set_if_absent(data: dict[Any, Any], key: Any, value: Any) -> bool:
