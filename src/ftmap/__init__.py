@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from ._sharded import ShardedMap
     from ._snapshot import SnapshotMap
     from ._sync import SyncMap
-    from ._unsafe import UnsafeMap
+    from ._unsafe import UnsafeMap, UnsafeMapHandle
 else:
     fnv1_32 = _impl.select("fnv1_32")
     fnv1a_32 = _impl.select("fnv1a_32")
@@ -62,6 +62,7 @@ else:
     SnapshotMap = _impl.select("SnapshotMap")
     SyncMap = _impl.select("SyncMap")
     UnsafeMap = _impl.select("UnsafeMap")
+    UnsafeMapHandle = _impl.select("UnsafeMapHandle")
 
 implementation = _impl.implementation
 implementation_reason = _impl.implementation_reason
@@ -101,6 +102,7 @@ __all__ = [
     "SyncMapStats",
     "ThreadInfo",
     "UnsafeMap",
+    "UnsafeMapHandle",
     "UnsettledError",
     "ValidationError",
     "ValidatorError",
