@@ -155,10 +155,13 @@ class UnsafeMap(MutableMapping[K, V]):
     # _state[LAST]: the ident object stored by the last finished write, a new int
     #   object per write (get_ident allocates it): compared by identity it tells a
     #   read or an iteration step whether a write finished while it ran, and who wrote.
-    # _state[WRITES]: how many writes have finished, modulo 256: an immortal small int,
-    #   stored by the claimant before it stores LAST and releases WRITER. The map's own
-    #   reads compare LAST by identity; a handle's reads compare WRITES (loading LAST, a
-    #   shared int object, would write its reference count from every reading thread).
+    # _state[WRITES]: present from the first handle() on (setdefault, never removed): how
+    #   many writes have finished since, modulo 256, an immortal small int, stored by the
+    #   claimant before it stores LAST and releases WRITER. The map's own reads compare LAST
+    #   by identity; a handle's reads compare WRITES (loading LAST, a shared int object, would
+    #   write its reference count from every reading thread). A map without handles pays one
+    #   `in` test per write for it. A write whose test ran before the first handle set the
+    #   key still held the claim after that, so a handle read it overlaps sees the claim.
     # reports: each race detected on this map, in order (list.append is atomic).
 
     def __init__(self, other: Mapping[K, V] | Iterable[tuple[K, V]] = (), /, **kwargs: V) -> None:
@@ -167,14 +170,15 @@ class UnsafeMap(MutableMapping[K, V]):
             old = self._data
         except AttributeError:  # the usual case: a new map
             self._data = data
-            self._state = {LAST: _get_ident(), WRITES: 0}
+            self._state = {LAST: _get_ident()}
         else:
             # __init__ run again: the dicts are kept (handles hold proxies and bound methods
             # of them), the contents replaced, as the C map's _reset does.
             old.clear()
             old.update(data)
             state = self._state
-            state[WRITES] = (state[WRITES] + 1) & 255
+            if WRITES in state:
+                state[WRITES] = (state[WRITES] + 1) & 255
             state[LAST] = _get_ident()
         self.reports: list[ConcurrentMapError] = []
 
@@ -256,7 +260,8 @@ class UnsafeMap(MutableMapping[K, V]):
         finally:
             # Subscript stores and deletes only: no delivery point until the claim is gone.
             if owner is me:
-                state[2] = (state[2] + 1) & 255
+                if 2 in state:  # a handle was made: count the write for it
+                    state[2] = (state[2] + 1) & 255
                 state[1] = me
                 del state[0]
             elif owner is None:
@@ -374,7 +379,8 @@ class UnsafeMap(MutableMapping[K, V]):
                 return
         finally:
             if owner is me:
-                state[2] = (state[2] + 1) & 255
+                if 2 in state:  # a handle was made: count the write for it
+                    state[2] = (state[2] + 1) & 255
                 state[1] = me
                 del state[0]
             elif owner is None:
@@ -581,6 +587,7 @@ class UnsafeMapHandle(MutableMapping[K, V]):
         self.map = owner
         self._d = owner._data
         self._s = owner._state
+        owner._state.setdefault(WRITES, 0)  # from now on every write of the map counts
         self._data = MappingProxyType(owner._data)
         self._state = MappingProxyType(owner._state)
         self._get = owner._data.get
