@@ -35,7 +35,8 @@
  *
  * Memory safety: the only object fields are `data` (the dict, created in tp_new and never
  * replaced: __init__ clears and refills it) and, in the iterator, the map, the dict iterator and
- * the operation name, all fixed at construction. There is no reference that a writer replaces,
+ * the operation name, and in the per-thread handle (UnsafeMapHandleBase, issue 12) the map, all
+ * fixed at construction. There is no reference that a writer replaces,
  * so nothing here needs ftmap_ref.
  *
  * Memory order: writer and writes are read and written with atomics only. The claimant stores
