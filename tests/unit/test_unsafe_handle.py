@@ -359,3 +359,19 @@ def test_one_handle_shared_by_threads_under_a_lock(make: Callable[..., Any], syn
     for thread in threads:
         thread.join(60)
     assert m.reports == [] and len(m) == 200 and 0 not in m._state
+
+
+def test_the_pure_map_counts_writes_from_its_first_handle_on() -> None:
+    m = MAPS["python"](a=1)
+    m["b"] = 2
+    assert 2 not in m._state  # no handle: the map's write path only tests for the key
+    h = m.handle()
+    assert m._state[2] == 0
+    m["c"] = 3
+    h["d"] = 4
+    del h["d"]
+    m.pop("c")
+    assert m._state[2] == 4
+    for _ in range(300):
+        h["e"] = 5
+    assert m._state[2] == (4 + 300) % 256  # modulo 256: an immortal small int
