@@ -35,7 +35,8 @@
  *
  * Memory safety: the only object fields are `data` (the dict, created in tp_new and never
  * replaced: __init__ clears and refills it) and, in the iterator, the map, the dict iterator and
- * the operation name, all fixed at construction. There is no reference that a writer replaces,
+ * the operation name, and in the per-thread handle (UnsafeMapHandleBase, issue 12) the map, all
+ * fixed at construction. There is no reference that a writer replaces,
  * so nothing here needs ftmap_ref.
  *
  * Memory order: writer and writes are read and written with atomics only. The claimant stores
@@ -744,6 +745,169 @@ uiter_dealloc(PyObject *op)
     Py_DECREF(type);
 }
 
+/* -- UnsafeMapHandleBase: the per-thread handle (issue 12) --------------------------------------
+ *
+ * m.handle() gives one to the calling thread (ftmap._unsafe_c.UnsafeMapHandle, a thin Python
+ * subclass). Its hot paths are the map's own functions above, called with the handle's map: the
+ * same claim, the same counter, the same checks, reports and messages; a handle is a faster path
+ * to them, never a way around them. What makes it faster is the caller's side: the interpreter
+ * loads the handle (an object the thread made and owns: its reference count is the thread's own)
+ * instead of the shared map, whose reference count every thread would write. Inside, the map is
+ * reached through the handle's strong reference without a new one, the dict through the map's
+ * `data` (fixed at construction, never replaced: __init__ run again clears and refills it, and
+ * tp_clear only empties it), and the checks read the map's atomics. Nothing here is replaced by
+ * writers, so nothing needs ftmap_ref.h; and a handle has no mutable state of its own, so any
+ * thread may use any handle (it is only fast in its own thread) without a protocol. */
+
+typedef struct {
+    PyObject_HEAD
+    UnsafeMapObject *map; /* strong reference, set in tp_new, never changed or cleared until
+                           * dealloc; read by any thread without atomics (immutable after
+                           * construction). No tp_clear: a cycle through a handle passes through
+                           * the map's dict, which the map's tp_clear empties */
+} UnsafeHandleObject;
+
+#define HANDLE_MAP(op) ((PyObject *)((UnsafeHandleObject *)(op))->map)
+
+static PyObject *
+uhandle_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    ftmap_state *st = ftmap_state_of_type(type);
+    if (st == NULL) {
+        return NULL;
+    }
+    PyObject *map = NULL;
+    if ((kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) || PyTuple_GET_SIZE(args) != 1) {
+        PyErr_SetString(PyExc_TypeError, "UnsafeMapHandle(map) takes exactly one argument, the map");
+        return NULL;
+    }
+    map = PyTuple_GET_ITEM(args, 0);
+    if (!PyObject_TypeCheck(map, (PyTypeObject *)st->UnsafeMapBaseType)) {
+        PyErr_Format(PyExc_TypeError, "UnsafeMapHandle needs an UnsafeMap, not %.200s",
+                     Py_TYPE(map)->tp_name);
+        return NULL;
+    }
+    UnsafeHandleObject *self = (UnsafeHandleObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->map = (UnsafeMapObject *)Py_NewRef(map);
+    return (PyObject *)self;
+}
+
+static int
+uhandle_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(((UnsafeHandleObject *)op)->map);
+    return 0;
+}
+
+static void
+uhandle_dealloc(PyObject *op)
+{
+    UnsafeHandleObject *self = (UnsafeHandleObject *)op;
+    PyTypeObject *type = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    Py_CLEAR(self->map);
+    type->tp_free(op);
+    Py_DECREF(type);
+}
+
+static PyObject *
+uhandle_subscript(PyObject *op, PyObject *key)
+{
+    return umap_subscript(HANDLE_MAP(op), key);
+}
+
+static int
+uhandle_ass_subscript(PyObject *op, PyObject *key, PyObject *value)
+{
+    return umap_ass_subscript(HANDLE_MAP(op), key, value);
+}
+
+static int
+uhandle_contains(PyObject *op, PyObject *key)
+{
+    return umap_contains(HANDLE_MAP(op), key);
+}
+
+static Py_ssize_t
+uhandle_length(PyObject *op)
+{
+    return umap_length(HANDLE_MAP(op));
+}
+
+static PyObject *
+uhandle_iter(PyObject *op)
+{
+    return umap_iter(HANDLE_MAP(op));
+}
+
+static PyObject *
+uhandle_get(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    return umap_get(HANDLE_MAP(op), args, nargs);
+}
+
+static PyObject *
+uhandle_pop(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    return umap_pop(HANDLE_MAP(op), args, nargs);
+}
+
+static PyObject *
+uhandle_setdefault(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    return umap_setdefault(HANDLE_MAP(op), args, nargs);
+}
+
+static PyObject *
+uhandle_get_map(PyObject *op, void *closure)
+{
+    (void)closure;
+    return Py_NewRef(HANDLE_MAP(op));
+}
+
+static PyMethodDef uhandle_methods[] = {
+    {"get", _PyCFunction_CAST(uhandle_get), METH_FASTCALL,
+     "get(key, default=None, /): the map's get."},
+    {"pop", _PyCFunction_CAST(uhandle_pop), METH_FASTCALL,
+     "pop(key[, default], /): the map's pop."},
+    {"setdefault", _PyCFunction_CAST(uhandle_setdefault), METH_FASTCALL,
+     "setdefault(key, default=None, /): the map's setdefault."},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, "See PEP 585"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef uhandle_getset[] = {
+    {"map", uhandle_get_map, NULL, "the map this handle works on", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot uhandle_slots[] = {
+    {Py_tp_new, uhandle_new},
+    {Py_tp_dealloc, uhandle_dealloc},
+    {Py_tp_traverse, uhandle_traverse},
+    {Py_tp_iter, uhandle_iter},
+    {Py_tp_methods, uhandle_methods},
+    {Py_tp_getset, uhandle_getset},
+    {Py_mp_subscript, uhandle_subscript},
+    {Py_mp_ass_subscript, uhandle_ass_subscript},
+    {Py_mp_length, uhandle_length},
+    {Py_sq_contains, uhandle_contains},
+    {Py_tp_doc, "The C base of ftmap._unsafe_c.UnsafeMapHandle: the map's hot paths, through a "
+                "handle the calling thread owns."},
+    {0, NULL},
+};
+
+static PyType_Spec uhandle_spec = {
+    .name = "ftmap._core.UnsafeMapHandleBase",
+    .basicsize = sizeof(UnsafeHandleObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = uhandle_slots,
+};
+
 /* -- type specs --------------------------------------------------------------------------------- */
 
 static PyMethodDef umap_methods[] = {
@@ -827,6 +991,11 @@ ftmap_unsafemap_exec(PyObject *module, ftmap_state *st)
     st->UnsafeMapIteratorType = PyType_FromModuleAndSpec(module, &uiter_spec, NULL);
     if (st->UnsafeMapIteratorType == NULL ||
         PyModule_AddObjectRef(module, "UnsafeMapIterator", st->UnsafeMapIteratorType) < 0) {
+        return -1;
+    }
+    st->UnsafeMapHandleBaseType = PyType_FromModuleAndSpec(module, &uhandle_spec, NULL);
+    if (st->UnsafeMapHandleBaseType == NULL ||
+        PyModule_AddObjectRef(module, "UnsafeMapHandleBase", st->UnsafeMapHandleBaseType) < 0) {
         return -1;
     }
     return 0;

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from ._sharded import ShardedMap, ShardedMapHandle
     from ._snapshot import SnapshotMap
     from ._sync import SyncMap, SyncMapHandle
-    from ._unsafe import UnsafeMap
+    from ._unsafe import UnsafeMap, UnsafeMapHandle
 else:
     fnv1_32 = _impl.select("fnv1_32")
     fnv1a_32 = _impl.select("fnv1a_32")
@@ -64,6 +64,7 @@ else:
     SyncMap = _impl.select("SyncMap")
     SyncMapHandle = _impl.select("SyncMapHandle")
     UnsafeMap = _impl.select("UnsafeMap")
+    UnsafeMapHandle = _impl.select("UnsafeMapHandle")
 
 implementation = _impl.implementation
 implementation_reason = _impl.implementation_reason
@@ -105,6 +106,7 @@ __all__ = [
     "SyncMapStats",
     "ThreadInfo",
     "UnsafeMap",
+    "UnsafeMapHandle",
     "UnsettledError",
     "ValidationError",
     "ValidatorError",

@@ -63,6 +63,7 @@ MIN_VERSION = (3, 13)
 # A C variant is ftmap._core.<name>.
 PURE: dict[str, str] = {
     "UnsafeMap": "ftmap._unsafe",
+    "UnsafeMapHandle": "ftmap._unsafe",
     "SyncMap": "ftmap._sync",
     "SyncMapHandle": "ftmap._sync",
     "ShardedMap": "ftmap._sharded",
@@ -83,6 +84,7 @@ C_MODULES: dict[str, str] = {
     "SyncMap": "ftmap._sync_c",
     "SyncMapHandle": "ftmap._sync_c",
     "UnsafeMap": "ftmap._unsafe_c",
+    "UnsafeMapHandle": "ftmap._unsafe_c",
 }
 
 # Written by setup.py when the C core was not built for this interpreter's ABI.

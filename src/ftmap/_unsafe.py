@@ -59,6 +59,7 @@ from collections.abc import (
     MutableMapping,
     ValuesView,
 )
+from types import MappingProxyType
 from typing import Any, TypeVar, overload
 
 from . import _impl
@@ -71,7 +72,7 @@ from ._errors import (
     ThreadInfo,
 )
 
-__all__ = ["RaceLog", "UnsafeMap", "race_log"]
+__all__ = ["RaceLog", "UnsafeMap", "UnsafeMapHandle", "race_log"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -79,11 +80,17 @@ T = TypeVar("T")
 D = TypeVar("D")
 
 _get_ident = threading.get_ident
-_MISSING: Any = object()
-# The keys of UnsafeMap._state. The hot paths spell them as the literals 0 and 1:
+
+
+class _MISSING:
+    """pop's "no default" sentinel: a class, so loading it touches no shared reference count."""
+
+
+# The keys of UnsafeMap._state. The hot paths spell them as the literals 0, 1 and 2:
 # 3.13t does not specialise global loads, and a constant costs nothing.
 WRITER = 0
 LAST = 1
+WRITES = 2
 
 
 class RaceLog:
@@ -136,6 +143,8 @@ class UnsafeMap(MutableMapping[K, V]):
     """
 
     __slots__ = ("__weakref__", "_data", "_state", "reports")
+    _data: dict[K, V]
+    _state: dict[int, int]
 
     # _data: the plain dict holding the content. Never locked: that is the point.
     # _state[WRITER]: the ident of the thread inside a write, present only for the
@@ -146,12 +155,40 @@ class UnsafeMap(MutableMapping[K, V]):
     # _state[LAST]: the ident object stored by the last finished write, a new int
     #   object per write (get_ident allocates it): compared by identity it tells a
     #   read or an iteration step whether a write finished while it ran, and who wrote.
+    # _state[WRITES]: present from the first handle() on (setdefault, never removed): how
+    #   many writes have finished since, modulo 256, an immortal small int, stored by the
+    #   claimant before it stores LAST and releases WRITER. The map's own reads compare LAST
+    #   by identity; a handle's reads compare WRITES (loading LAST, a shared int object, would
+    #   write its reference count from every reading thread). A map without handles pays one
+    #   `in` test per write for it. A write whose test ran before the first handle set the
+    #   key still held the claim after that, so a handle read it overlaps sees the claim.
     # reports: each race detected on this map, in order (list.append is atomic).
 
     def __init__(self, other: Mapping[K, V] | Iterable[tuple[K, V]] = (), /, **kwargs: V) -> None:
-        self._data: dict[K, V] = dict(other, **kwargs)
-        self._state: dict[int, int] = {LAST: _get_ident()}
+        data: dict[K, V] = dict(other, **kwargs)
+        try:
+            old = self._data
+        except AttributeError:  # the usual case: a new map
+            self._data = data
+            self._state = {LAST: _get_ident()}
+        else:
+            # __init__ run again: the dicts are kept (handles hold proxies and bound methods
+            # of them), the contents replaced, as the C map's _reset does.
+            old.clear()
+            old.update(data)
+            state = self._state
+            if WRITES in state:
+                state[WRITES] = (state[WRITES] + 1) & 255
+            state[LAST] = _get_ident()
         self.reports: list[ConcurrentMapError] = []
+
+    def handle(self) -> UnsafeMapHandle[K, V]:
+        """A handle for the calling thread to keep: the same map, the same checks, faster reads.
+
+        See UnsafeMapHandle: reads through it scale across threads, where reads through the
+        map itself contend on the map's reference counts.
+        """
+        return UnsafeMapHandle(self)
 
     # -- race checks: the slow paths, entered only when something is amiss ----
 
@@ -171,6 +208,22 @@ class UnsafeMap(MutableMapping[K, V]):
         if other is None or other == me:
             last = self._state[LAST]
             other = last if noted is not None and last is not noted and last != me else None
+        if other is not None:
+            raise self._report(kind(op, ThreadInfo.of(me), ThreadInfo.of(other), key))
+
+    def _check_read_counted(self, kind: type[ConcurrentMapError], op: str, key: object, noted: int) -> None:
+        """_check_read's exit check for a handle, which noted _state[WRITES] instead of LAST.
+
+        The same decision: a write by another thread still in progress, or else one that
+        finished since the read began (the counter moved) when the latest writer is not
+        this thread. Blind spot: a read that spans exactly a multiple of 256 writes.
+        """
+        me = _get_ident()
+        state = self._state
+        other = state.get(WRITER)
+        if other is None or other == me:
+            last = state[LAST]
+            other = last if state[WRITES] != noted and last != me else None
         if other is not None:
             raise self._report(kind(op, ThreadInfo.of(me), ThreadInfo.of(other), key))
 
@@ -207,6 +260,8 @@ class UnsafeMap(MutableMapping[K, V]):
         finally:
             # Subscript stores and deletes only: no delivery point until the claim is gone.
             if owner is me:
+                if 2 in state:  # a handle was made: count the write for it
+                    state[2] = (state[2] + 1) & 255
                 state[1] = me
                 del state[0]
             elif owner is None:
@@ -324,6 +379,8 @@ class UnsafeMap(MutableMapping[K, V]):
                 return
         finally:
             if owner is me:
+                if 2 in state:  # a handle was made: count the write for it
+                    state[2] = (state[2] + 1) & 255
                 state[1] = me
                 del state[0]
             elif owner is None:
@@ -487,3 +544,196 @@ def _reversed_values(data: dict[Any, V]) -> Iterator[V]:
 
 def _reversed_items(data: dict[K, V]) -> Iterator[tuple[K, V]]:
     return reversed(data.items())
+
+
+class UnsafeMapHandle(MutableMapping[K, V]):
+    """A per-thread handle on an UnsafeMap: ``m.handle()``, kept by the thread that made it.
+
+    The same map and exactly the same checks: every operation through the handle is
+    the map's operation, with the map's results, exceptions, misuse detection, reports
+    and ``race_log`` entries. A handle is a faster path to the checks, never a way
+    around them. ``h.map`` is the map.
+
+    Why it is faster: reads through the map load the map, its dicts and the int object
+    that names the latest writer, and on free-threaded Python every such load writes a
+    reference count shared by every reading thread. The handle reads through objects its
+    thread made (read-only proxies of the map's two dicts and a bound ``dict.get``), and
+    notes the map's count of finished writes, kept modulo 256 as an immortal small int,
+    instead of the latest writer's int. Blind spot of that count: a read through a handle
+    during which exactly a multiple of 256 whole writes by other threads began and ended
+    (and none was still in progress at its end) is not reported; the map's own reads have
+    no such spot.
+
+    ``h[k]``, ``h.get``, ``in`` and ``h[k] = v``, ``del h[k]`` are the handle's own code
+    (the map's checks, inlined); ``pop``, ``setdefault``, ``popitem``, ``len``, iteration
+    (the map's iteration rules), the views, ``==``, ``repr``, ``update``, ``clear`` and
+    ``copy`` go to the map. Writes are not faster: a map written from two threads at once
+    is misused whatever the path.
+
+    Any thread may use any handle, with every guarantee (it is the map's operation); it is
+    only fast in the thread that made it. A handle does not pickle (pickle its map).
+    """
+
+    __slots__ = ("_d", "_data", "_get", "_s", "_state", "map")
+
+    # map: the map, fixed. _data, _state: read-only proxies (types.MappingProxyType) of the
+    #   map's _data and _state, made by the handle's thread (loading them touches no shared
+    #   count; the map never replaces its dicts, __init__ included). _get: _data.get bound by
+    #   that thread. _d, _s: the map's dicts themselves, for the write paths.
+
+    def __init__(self, owner: UnsafeMap[K, V]) -> None:
+        if not isinstance(owner, UnsafeMap):
+            raise TypeError(f"UnsafeMapHandle needs an UnsafeMap, not {type(owner).__name__}")
+        self.map = owner
+        self._d = owner._data
+        self._s = owner._state
+        owner._state.setdefault(WRITES, 0)  # from now on every write of the map counts
+        self._data = MappingProxyType(owner._data)
+        self._state = MappingProxyType(owner._state)
+        self._get = owner._data.get
+
+    # -- reads: the map's checks, through this thread's own objects ---------------------
+
+    def __getitem__(self, key: K) -> V:
+        state = self._state
+        noted = state[2]
+        if 0 in state:
+            self.map._check_read(ConcurrentReadWriteError, "read", key, None)
+        value = self._data[key]
+        if 0 in state or state[2] is not noted:
+            self.map._check_read_counted(ConcurrentReadWriteError, "read", key, noted)
+        return value
+
+    @overload
+    def get(self, key: K, /) -> V | None: ...
+    @overload
+    def get(self, key: K, default: V | D, /) -> V | D: ...
+
+    def get(self, key: K, default: object = None, /) -> object:
+        state = self._state
+        noted = state[2]
+        if 0 in state:
+            self.map._check_read(ConcurrentReadWriteError, "read", key, None)
+        value = self._get(key, default)
+        if 0 in state or state[2] is not noted:
+            self.map._check_read_counted(ConcurrentReadWriteError, "read", key, noted)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        state = self._state
+        noted = state[2]
+        if 0 in state:
+            self.map._check_read(ConcurrentReadWriteError, "contains", key, None)
+        found = key in self._data
+        if 0 in state or state[2] is not noted:
+            self.map._check_read_counted(ConcurrentReadWriteError, "contains", key, noted)
+        return found
+
+    # -- writes: the map's claim, inlined (UnsafeMap.__setitem__) -----------------------
+
+    def __setitem__(self, key: K, value: V) -> None:
+        me = _get_ident()
+        state = self._s
+        owner: object = None
+        try:
+            owner = state.setdefault(0, me)
+            if owner is me:
+                self._d[key] = value
+                return
+        finally:
+            if owner is me:
+                state[2] = (state[2] + 1) & 255
+                state[1] = me
+                del state[0]
+            elif owner is None:
+                self.map._drop_unrecorded_claim(me)
+        self.map._claim_failed(me, owner, "write", key)
+        self._d[key] = value
+
+    def __delitem__(self, key: K) -> None:
+        me = _get_ident()
+        state = self._s
+        owner: object = None
+        try:
+            owner = state.setdefault(0, me)
+            if owner is me:
+                del self._d[key]
+                return
+        finally:
+            if owner is me:
+                state[2] = (state[2] + 1) & 255
+                state[1] = me
+                del state[0]
+            elif owner is None:
+                self.map._drop_unrecorded_claim(me)
+        self.map._claim_failed(me, owner, "delete", key)
+        del self._d[key]
+
+    @overload
+    def pop(self, key: K, /) -> V: ...
+    @overload
+    def pop(self, key: K, default: V | D, /) -> V | D: ...
+
+    def pop(self, key: K, default: object = _MISSING, /) -> object:
+        if default is _MISSING:
+            return self.map.pop(key)
+        return self.map.pop(key, default)
+
+    def setdefault(self, key: K, default: V = None, /) -> V:  # type: ignore[assignment]
+        return self.map.setdefault(key, default)
+
+    def popitem(self) -> tuple[K, V]:
+        """Remove and return the most recently inserted item, as dict does."""
+        return self.map.popitem()
+
+    # -- the rest: the map's ----------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.map)
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self.map)
+
+    def __reversed__(self) -> Iterator[K]:
+        return reversed(self.map)
+
+    def keys(self) -> KeysView[K]:
+        return self.map.keys()
+
+    def values(self) -> ValuesView[V]:
+        return self.map.values()
+
+    def items(self) -> ItemsView[K, V]:
+        return self.map.items()
+
+    def __eq__(self, other: object) -> bool:
+        return self.map == other
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like dict
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.map!r})"
+
+    def update(self, other: Any = (), /, **kwargs: V) -> None:
+        """The map's update: one write for the whole batch."""
+        self.map.update(other, **kwargs)
+
+    def clear(self) -> None:
+        self.map.clear()
+
+    def copy(self) -> UnsafeMap[K, V]:
+        """A new UnsafeMap (not a handle) with the same content."""
+        return self.map.copy()
+
+    def __ior__(self, other: Any) -> UnsafeMapHandle[K, V]:
+        self.map.update(other)
+        return self
+
+    def __or__(self, other: Any) -> Any:
+        return self.map | other
+
+    def __ror__(self, other: Any) -> Any:
+        return other | self.map
+
+    def __reduce__(self) -> Any:
+        raise TypeError(f"cannot pickle {type(self).__name__}: a per-thread handle (pickle its map)")
