@@ -51,7 +51,7 @@ from .etcd import EtcdClient, EtcdSource, EtcdSourceStatus
 if TYPE_CHECKING:
     from ._fnv import fnv1_32, fnv1a_32, fnv1a_64
     from ._sharded import ShardedMap
-    from ._snapshot import SnapshotMap
+    from ._snapshot import SnapshotMap, SnapshotMapHandle
     from ._sync import SyncMap
     from ._unsafe import UnsafeMap
 else:
@@ -60,6 +60,7 @@ else:
     fnv1a_64 = _impl.select("fnv1a_64")
     ShardedMap = _impl.select("ShardedMap")
     SnapshotMap = _impl.select("SnapshotMap")
+    SnapshotMapHandle = _impl.select("SnapshotMapHandle")
     SyncMap = _impl.select("SyncMap")
     UnsafeMap = _impl.select("UnsafeMap")
 
@@ -94,6 +95,7 @@ __all__ = [
     "ShardedMap",
     "Snapshot",
     "SnapshotMap",
+    "SnapshotMapHandle",
     "SnapshotReader",
     "SourceError",
     "StopSignal",

@@ -66,6 +66,7 @@ PURE: dict[str, str] = {
     "SyncMap": "ftmap._sync",
     "ShardedMap": "ftmap._sharded",
     "SnapshotMap": "ftmap._snapshot",
+    "SnapshotMapHandle": "ftmap._snapshot",
     "fnv1_32": "ftmap._fnv",
     "fnv1a_32": "ftmap._fnv",
     "fnv1a_64": "ftmap._fnv",
@@ -77,6 +78,7 @@ PURE: dict[str, str] = {
 C_MODULES: dict[str, str] = {
     "ShardedMap": "ftmap._sharded_c",
     "SnapshotMap": "ftmap._snapshot_c",
+    "SnapshotMapHandle": "ftmap._snapshot_c",
     "SyncMap": "ftmap._sync_c",
     "UnsafeMap": "ftmap._unsafe_c",
 }

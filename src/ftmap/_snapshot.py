@@ -87,7 +87,7 @@ from . import _impl
 from ._errors import RecursiveUpdateError
 from ._published import Follower, Published
 
-__all__ = ["Change", "FrozenDict", "Snapshot", "SnapshotMap", "SnapshotReader", "freeze"]
+__all__ = ["Change", "FrozenDict", "Snapshot", "SnapshotMap", "SnapshotMapHandle", "SnapshotReader", "freeze"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -814,6 +814,10 @@ class SnapshotMap(MutableMapping[K, V]):
         """A reader for the calling thread to keep: reads that scale across threads (see SnapshotReader)."""
         return SnapshotReader(self)
 
+    def handle(self) -> SnapshotMapHandle[K, V]:
+        """A handle for the calling thread to keep: the whole API, scaling reads (see SnapshotMapHandle)."""
+        return SnapshotMapHandle(self)
+
     # -- change callbacks --------------------------------------------------------------
 
     def subscribe(self, callback: Callable[[Change], object]) -> Callable[[], None]:
@@ -1016,6 +1020,106 @@ class SnapshotReader(_Following, Mapping[K, V]):
 
     def __reduce__(self) -> NoReturn:
         raise TypeError(f"cannot pickle a {type(self).__name__}: it belongs to its thread (pickle its map)")
+
+
+@_own_reads
+class SnapshotMapHandle(_Following, MutableMapping[K, V]):
+    """One thread's handle on a SnapshotMap: the map's whole API, reads that scale across threads.
+
+    Reads (``h[k]``, ``get``, ``in``, ``snapshot()``, ``version``, ``len``,
+    iteration, the views) are a SnapshotReader's: through bound methods of
+    the current snapshot that the handle's own thread made, behind a stale
+    flag that every publish sets before it stores the new snapshot, so they
+    touch no shared reference count while nothing is published. Writes
+    (``h[k] = v``, ``del``, ``pop``, ``popitem``, ``setdefault``, ``update``,
+    ``replace``, ``compare_and_replace``, ``transform``, ``rollback``,
+    ``clear``) and everything else (``subscribe``, ``flush``,
+    ``history_versions``, ``copy``, ``==``) are the map's own (``h.map``):
+    same results, errors, versions and callbacks. Read-your-writes: a write
+    that published flagged this handle before its store, so the handle's
+    next read takes the new snapshot.
+
+    Make one per thread (``m.handle()``) and keep it in that thread. A handle
+    used from several threads keeps every guarantee (each operation is
+    linearizable, its reads are never older than a finished write), but it
+    is then a shared object, no faster than the map. A handle cannot be
+    pickled (it belongs to its thread): pickle ``h.map``.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, owner: SnapshotMap[K, V]) -> None:
+        Follower.__init__(self, owner._published, owner, _follow)
+
+    @property
+    def map(self) -> SnapshotMap[K, V]:
+        """The map this handle reads and writes."""
+        return self._owner  # type: ignore[no-any-return]
+
+    @property
+    def version(self) -> int:
+        """The current version (as SnapshotMap.version)."""
+        return self.snapshot().version
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(f"cannot pickle a {type(self).__name__}: it belongs to its thread (pickle h.map)")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.map!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SnapshotMapHandle):
+            other = other.map
+        return self.map == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # -- writes and whole-map operations: the map's own ------------------------------------
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self.map[key] = value
+
+    def __delitem__(self, key: K) -> None:
+        del self.map[key]
+
+    def pop(self, key: K, *default: Any) -> Any:
+        return self.map.pop(key, *default)
+
+    def popitem(self) -> tuple[K, V]:
+        return self.map.popitem()
+
+    def setdefault(self, key: K, default: V = None, /) -> V:  # type: ignore[assignment]
+        return self.map.setdefault(key, default)
+
+    def update(self, other: Any = (), /, **kwargs: V) -> None:
+        self.map.update(other, **kwargs)
+
+    def clear(self) -> None:
+        self.map.clear()
+
+    def replace(self, content: Mapping[K, V] | Iterable[tuple[K, V]] = (), /, **kwargs: V) -> int:
+        return self.map.replace(content, **kwargs)
+
+    def compare_and_replace(self, expected_version: int, content: Mapping[K, V]) -> bool:
+        return self.map.compare_and_replace(expected_version, content)
+
+    def transform(self, fn: Callable[[Snapshot[K, V]], Mapping[K, V]]) -> int:
+        return self.map.transform(fn)
+
+    def rollback(self, version: int) -> int:
+        return self.map.rollback(version)
+
+    def history_versions(self) -> list[int]:
+        return self.map.history_versions()
+
+    def subscribe(self, callback: Callable[[Change], object]) -> Callable[[], None]:
+        return self.map.subscribe(callback)
+
+    def flush(self) -> bool:
+        return self.map.flush()
+
+    def copy(self) -> SnapshotMap[K, V]:
+        return self.map.copy()
 
 
 def _rebuild(content: dict[Any, Any], history: int | None) -> SnapshotMap[Any, Any]:
