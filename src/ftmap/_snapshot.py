@@ -18,7 +18,7 @@ would run it.
 Re-entrance. User code that runs while this thread holds the writer lock (a
 ``transform`` function, a key's ``__hash__``/``__eq__`` during a write, a
 ``__del__`` run by a write) may read the map, ``history_versions()``,
-``subscribe``, make a ``reader()``; a write from there raises
+``subscribe``, make a ``reader()`` or a ``handle()`` (and read through them); a write from there raises
 RecursiveUpdateError and the outer write goes on (or fails) as if it had not
 been tried: no deadlock, the map intact. Subscribers run outside the writer
 lock and may write the map.
