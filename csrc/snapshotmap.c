@@ -6,6 +6,8 @@
  *
  *   SnapshotMapBase     get, m[k], in, len, iter, snapshot(), version, _history, _publish
  *   SnapshotReaderBase  get, r[k], in, len, iter, snapshot(): one thread's view of a map
+ *   SnapshotMapHandleBase  the reader's reads, version and map: one thread's handle (writes in
+ *                       Python, through the map)
  *
  * The design, in short (README "SnapshotMap", docs/c-core.md):
  *
@@ -742,6 +744,312 @@ static PyType_Spec reader_spec = {
     .slots = reader_slots,
 };
 
+/* -- SnapshotMapHandleBase ---------------------------------------------------------------------
+ *
+ * The per-thread handle (issue 12): the reader's reads with a cache that any ONE thread at a time
+ * may use (no owner thread: a handle used by several threads stays correct, and each thread that
+ * finds the cache taken reads through the map's path), plus `map` and `version`. Writes are the
+ * Python subclass's (ftmap._snapshot_c.SnapshotMapHandle): they call the map's own methods.
+ *
+ * What the handle caches, and why it is safe:
+ * - `cache` holds a STRONG reference to a snapshot that was the map's current one when loaded.
+ *   Only the thread that holds `busy` reads or writes `cache` (tp_traverse/tp_clear/tp_dealloc
+ *   read it only when no thread can be using the handle: world stopped, or unreachable).
+ * - `busy` is taken by a compare-and-swap 0 -> 1 (sequentially consistent: it orders after the
+ *   previous holder's release) and given back by a release store of 0 after the operation's last
+ *   use of the borrowed pointer. So at most one thread at a time holds `busy`, and it sees every
+ *   store to `cache` made by earlier holders.
+ * - While a thread holds `busy`, the snapshot in `cache` cannot be released by anyone (only the
+ *   holder replaces `cache`), so the BORROWED pointer an operation gets from
+ *   ftmap_ref_load_cached stays valid until the operation gives `busy` back. A nested call on
+ *   the same thread (a key's __eq__, or a __del__ run when the old cached snapshot is released)
+ *   finds `busy` taken and takes the shared path: it never replaces the cache under the outer
+ *   operation.
+ * - Linearizability: every cached read compares `cache` with the map's current snapshot
+ *   (ftmap_ref_load_cached: one acquire load of map->current); equal means the cached snapshot
+ *   IS the current one at that load, the read's linearization point. Writes store the new
+ *   snapshot with ftmap_ref_exchange before they return, so the handle's next read (of any
+ *   thread) sees it: read-your-writes.
+ * - A hit touches no reference count but the returned value's: the snapshot, the map and the
+ *   handle are only loaded, never increfed.
+ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *map;      /* fixed at construction: a strong reference to a SnapshotMapObject.
+                         *   NULL only after tp_clear (garbage in a cycle). */
+    PyObject *cache;    /* guarded by `busy`: read and written only by the thread holding it (no
+                         *   atomics needed); a strong reference to the snapshot of map->current
+                         *   last used through the cache (NULL: none yet). */
+    Py_ssize_t busy;    /* 0: free; 1: a thread is using `cache`. Taken with a CAS 0 -> 1, given
+                         *   back with a release store of 0; never held across a return to Python. */
+    ftmap_state *state; /* fixed at construction */
+} SnapshotHandleObject;
+
+#define HANDLE(op) ((SnapshotHandleObject *)(op))
+
+static inline int
+handle_acquire(SnapshotHandleObject *self, reader_view *view)
+{
+    SnapshotMapObject *map = MAP(self->map);
+    Py_ssize_t free_ = 0;
+    if (ftmap_atomic_cas_ssize(&self->busy, &free_, 1)) {
+        view->cached = 1;
+        view->snap = ftmap_ref_load_cached(&map->current, &self->cache);
+    }
+    else {
+        view->cached = 0;
+        view->snap = ftmap_ref_load(&map->current);
+    }
+    if (view->snap == NULL) {
+        if (view->cached) {
+            ftmap_atomic_store_ssize_release(&self->busy, 0);
+        }
+        not_initialised(self->map);
+        return -1;
+    }
+    return 0;
+}
+
+static inline void
+handle_release(SnapshotHandleObject *self, reader_view *view)
+{
+    if (view->cached) {
+        ftmap_atomic_store_ssize_release(&self->busy, 0);
+    }
+    else {
+        Py_DECREF(view->snap);
+    }
+}
+
+static PyObject *
+handle_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"owner", NULL};
+    PyObject *owner;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:SnapshotMapHandle", kwlist, &owner)) {
+        return NULL;
+    }
+    ftmap_state *state = ftmap_state_of_type(type);
+    if (state == NULL) {
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(owner, (PyTypeObject *)state->SnapshotMapType)) {
+        PyObject *name = PyType_GetName(Py_TYPE(owner));
+        if (name != NULL) {
+            PyErr_Format(PyExc_TypeError, "SnapshotMapHandle needs a SnapshotMap, not %R", name);
+            Py_DECREF(name);
+        }
+        return NULL;
+    }
+    /* The first snapshot, loaded by the creating thread: its first read is a hit. */
+    PyObject *first = map_load(MAP(owner));
+    if (first == NULL) {
+        return NULL;
+    }
+    SnapshotHandleObject *self = (SnapshotHandleObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        Py_DECREF(first);
+        return NULL;
+    }
+    self->map = Py_NewRef(owner);
+    self->cache = first;
+    self->busy = 0;
+    self->state = state;
+    return (PyObject *)self;
+}
+
+static int
+handle_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(HANDLE(op)->map);
+    Py_VISIT(HANDLE(op)->cache);
+    return 0;
+}
+
+static int
+handle_clear(PyObject *op)
+{
+    Py_CLEAR(HANDLE(op)->cache);
+    Py_CLEAR(HANDLE(op)->map);
+    return 0;
+}
+
+static void
+handle_dealloc(PyObject *op)
+{
+    PyTypeObject *type = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    (void)handle_clear(op);
+    type->tp_free(op);
+    Py_DECREF(type);
+}
+
+#define HANDLE_CHECK(self, fail)                                                                   \
+    if ((self)->map == NULL) {                                                                     \
+        PyErr_SetString(PyExc_RuntimeError, "this SnapshotMapHandle was cleared");                 \
+        return fail;                                                                               \
+    }
+
+static PyObject *
+handle_get(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    SnapshotHandleObject *self = HANDLE(op);
+    if (nargs < 1 || nargs > 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        return call_with_signature(op, "get", args, nargs, kwnames);
+    }
+    HANDLE_CHECK(self, NULL)
+    reader_view view;
+    if (handle_acquire(self, &view) < 0) {
+        return NULL;
+    }
+    PyObject *value = snap_get(view.snap, args[0], nargs == 2 ? args[1] : Py_None);
+    handle_release(self, &view);
+    return value;
+}
+
+static PyObject *
+handle_subscript(PyObject *op, PyObject *key)
+{
+    SnapshotHandleObject *self = HANDLE(op);
+    HANDLE_CHECK(self, NULL)
+    reader_view view;
+    if (handle_acquire(self, &view) < 0) {
+        return NULL;
+    }
+    PyObject *value = snap_subscript(view.snap, key);
+    handle_release(self, &view);
+    return value;
+}
+
+static int
+handle_contains(PyObject *op, PyObject *key)
+{
+    SnapshotHandleObject *self = HANDLE(op);
+    HANDLE_CHECK(self, -1)
+    reader_view view;
+    if (handle_acquire(self, &view) < 0) {
+        return -1;
+    }
+    int found = PyDict_Contains(view.snap, key);
+    handle_release(self, &view);
+    return found;
+}
+
+/* A new reference to the current snapshot, through the cache when it is free. */
+static PyObject *
+handle_current(SnapshotHandleObject *self)
+{
+    HANDLE_CHECK(self, NULL)
+    reader_view view;
+    if (handle_acquire(self, &view) < 0) {
+        return NULL;
+    }
+    PyObject *snap = Py_NewRef(view.snap);
+    handle_release(self, &view);
+    return snap;
+}
+
+static PyObject *
+handle_snapshot(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        return call_with_signature(op, "snapshot", args, nargs, kwnames);
+    }
+    return handle_current(HANDLE(op));
+}
+
+static Py_ssize_t
+handle_length(PyObject *op)
+{
+    PyObject *snap = handle_current(HANDLE(op));
+    if (snap == NULL) {
+        return -1;
+    }
+    Py_ssize_t n = PyObject_Size(snap);
+    Py_DECREF(snap);
+    return n;
+}
+
+static PyObject *
+handle_iter(PyObject *op)
+{
+    PyObject *snap = handle_current(HANDLE(op));
+    if (snap == NULL) {
+        return NULL;
+    }
+    PyObject *it = PyObject_GetIter(snap);
+    Py_DECREF(snap);
+    return it;
+}
+
+static PyObject *
+handle_get_version(PyObject *op, void *closure)
+{
+    (void)closure;
+    SnapshotHandleObject *self = HANDLE(op);
+    HANDLE_CHECK(self, NULL)
+    reader_view view;
+    if (handle_acquire(self, &view) < 0) {
+        return NULL;
+    }
+    PyObject *version = PyObject_GetAttr(view.snap, self->state->snapshot_str_version);
+    handle_release(self, &view);
+    return version;
+}
+
+static PyObject *
+handle_get_map(PyObject *op, void *closure)
+{
+    (void)closure;
+    SnapshotHandleObject *self = HANDLE(op);
+    HANDLE_CHECK(self, NULL)
+    return Py_NewRef(self->map);
+}
+
+PyDoc_STRVAR(handle_get_doc, "get($self, key, default=None)\n--\n\n"
+                             "The value for key in the current snapshot, else default.");
+PyDoc_STRVAR(handle_snapshot_doc, "snapshot($self, /)\n--\n\n"
+                                  "The map's current snapshot (as SnapshotMap.snapshot).");
+
+static PyMethodDef handle_methods[] = {
+    {"get", _PyCFunction_CAST(handle_get), METH_FASTCALL | METH_KEYWORDS, handle_get_doc},
+    {"snapshot", _PyCFunction_CAST(handle_snapshot), METH_FASTCALL | METH_KEYWORDS,
+     handle_snapshot_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef handle_getset[] = {
+    {"map", handle_get_map, NULL, "The map this handle reads and writes.", NULL},
+    {"version", handle_get_version, map_set_version, "The current version (as SnapshotMap.version).",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot handle_slots[] = {
+    {Py_tp_new, handle_new},
+    {Py_tp_dealloc, handle_dealloc},
+    {Py_tp_traverse, handle_traverse},
+    {Py_tp_clear, handle_clear},
+    {Py_tp_iter, handle_iter},
+    {Py_tp_methods, handle_methods},
+    {Py_tp_getset, handle_getset},
+    {Py_mp_subscript, handle_subscript},
+    {Py_mp_length, handle_length},
+    {Py_sq_contains, handle_contains},
+    {Py_tp_doc, "SnapshotMapHandle's reads in C: the base of ftmap._snapshot_c.SnapshotMapHandle."},
+    {0, NULL},
+};
+
+static PyType_Spec handle_spec = {
+    .name = "ftmap._core.SnapshotMapHandleBase",
+    .basicsize = sizeof(SnapshotHandleObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_MAPPING,
+    .slots = handle_slots,
+};
+
 int
 ftmap_snapshotmap_exec(PyObject *module, ftmap_state *st)
 {
@@ -760,6 +1068,11 @@ ftmap_snapshotmap_exec(PyObject *module, ftmap_state *st)
     st->SnapshotReaderType = PyType_FromModuleAndSpec(module, &reader_spec, NULL);
     if (st->SnapshotReaderType == NULL ||
         PyModule_AddObjectRef(module, "SnapshotReaderBase", st->SnapshotReaderType) < 0) {
+        return -1;
+    }
+    st->SnapshotMapHandleBaseType = PyType_FromModuleAndSpec(module, &handle_spec, NULL);
+    if (st->SnapshotMapHandleBaseType == NULL ||
+        PyModule_AddObjectRef(module, "SnapshotMapHandleBase", st->SnapshotMapHandleBaseType) < 0) {
         return -1;
     }
     return 0;

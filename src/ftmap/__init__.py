@@ -51,7 +51,7 @@ from .etcd import EtcdClient, EtcdSource, EtcdSourceStatus
 if TYPE_CHECKING:
     from ._fnv import fnv1_32, fnv1a_32, fnv1a_64
     from ._sharded import ShardedMap, ShardedMapHandle
-    from ._snapshot import SnapshotMap
+    from ._snapshot import SnapshotMap, SnapshotMapHandle
     from ._sync import SyncMap, SyncMapHandle
     from ._unsafe import UnsafeMap, UnsafeMapHandle
 else:
@@ -61,6 +61,7 @@ else:
     ShardedMap = _impl.select("ShardedMap")
     ShardedMapHandle = _impl.select("ShardedMapHandle")
     SnapshotMap = _impl.select("SnapshotMap")
+    SnapshotMapHandle = _impl.select("SnapshotMapHandle")
     SyncMap = _impl.select("SyncMap")
     SyncMapHandle = _impl.select("SyncMapHandle")
     UnsafeMap = _impl.select("UnsafeMap")
@@ -98,6 +99,7 @@ __all__ = [
     "ShardedMapHandle",
     "Snapshot",
     "SnapshotMap",
+    "SnapshotMapHandle",
     "SnapshotReader",
     "SourceError",
     "StopSignal",

@@ -18,7 +18,7 @@ would run it.
 Re-entrance. User code that runs while this thread holds the writer lock (a
 ``transform`` function, a key's ``__hash__``/``__eq__`` during a write, a
 ``__del__`` run by a write) may read the map, ``history_versions()``,
-``subscribe``, make a ``reader()``; a write from there raises
+``subscribe``, make a ``reader()`` or a ``handle()`` (and read through them); a write from there raises
 RecursiveUpdateError and the outer write goes on (or fails) as if it had not
 been tried: no deadlock, the map intact. Subscribers run outside the writer
 lock and may write the map.
@@ -28,10 +28,14 @@ pure-Python implementation. Assuming one such exception per operation,
 delivered where CPython 3.13 delivers them (function entry, loop back-edges,
 right after any call returns; never between two attribute or item stores):
 
-- every write is all-or-nothing: its whole publish (history, current
-  snapshot, pending delivery, readers' stale flags) is a run of attribute and
-  item stores ended by one C call, with no delivery point inside, so either
-  the version is published completely or not at all;
+- every write is all-or-nothing: its publish flags every reader first
+  (``Published.begin``, harmless if nothing follows), then is a run of
+  attribute stores (history, current snapshot, pending delivery) with no
+  delivery point inside, then ``Published.end`` in a ``finally``, so either
+  the version is published completely or not at all. An exception that lands
+  at the very entry of ``begin`` or ``end`` leaves the readers' sequence odd:
+  readers then refresh on every read (correct, slower) until the next write
+  completes;
 - no lock is held afterwards: both locks are RLocks acquired inside ``try``
   and released in ``finally`` by one call that fails harmlessly when this
   thread does not own it (no ``with``, so the 3.14 window between
@@ -65,6 +69,7 @@ import dataclasses
 import logging
 import operator
 import threading
+import types
 from collections.abc import (
     Callable,
     Iterable,
@@ -75,16 +80,18 @@ from collections.abc import (
     Set,
     ValuesView,
 )
-from itertools import compress, repeat
+from itertools import compress
 from typing import Any, NoReturn, TypeVar
 
 from . import _impl
 from ._errors import RecursiveUpdateError
+from ._published import Follower, Published
 
-__all__ = ["Change", "FrozenDict", "Snapshot", "SnapshotMap", "SnapshotReader", "freeze"]
+__all__ = ["Change", "FrozenDict", "Snapshot", "SnapshotMap", "SnapshotMapHandle", "SnapshotReader", "freeze"]
 
 K = TypeVar("K")
 V = TypeVar("V")
+_T = TypeVar("_T")
 
 log = logging.getLogger("ftmap")
 
@@ -493,7 +500,7 @@ class SnapshotMap(MutableMapping[K, V]):
         "_history",
         "_history_size",
         "_lock",
-        "_readers",
+        "_published",
         "_subscribers",
         "_tail",
         "_writing",
@@ -524,9 +531,9 @@ class SnapshotMap(MutableMapping[K, V]):
     # _delivered: the last node whose delivery is finished. Read by anyone (its .next says
     #   whether something is pending); moved forward only by the thread holding _delivering.
     # _delivering: an RLock held by the one thread delivering changes, in chain order.
-    # _readers: id -> stale flag cell ([bool]) of each live SnapshotReader. Added under _lock,
-    #   removed by the reader's __del__. A publish sets every flag True, by one C call,
-    #   after storing get.
+    # _published: the followers' side of `get` (ftmap._published): every SnapshotReader is a
+    #   Follower of the current snapshot. A publish calls its begin() (every follower flagged)
+    #   before storing get, and its end() after, in a finally; both under _lock.
 
     get: Callable[..., Any]
 
@@ -544,7 +551,7 @@ class SnapshotMap(MutableMapping[K, V]):
         self._subscribers: tuple[_Subscription, ...] = ()
         self._tail = self._delivered = _Pending(None, ())
         self._delivering = threading.RLock()
-        self._readers: dict[int, list[bool]] = {}
+        self._published: Published[Snapshot[K, V]] = Published(_current_snapshot)
         self.get = first.get
 
     # -- reads: one snapshot each, no lock ---------------------------------------
@@ -632,16 +639,20 @@ class SnapshotMap(MutableMapping[K, V]):
                 new_history = (*kept, new)
                 subscriptions = self._subscribers
                 node = _Pending(Change(current, new), subscriptions) if subscriptions else None
-                flags = map(operator.setitem, list(self._readers.values()), _ZEROS, _TRUES)
-                # ... then the publish: stores only, no delivery point, then one C call.
+                published = self._published
+                # ... then the publish: every reader flagged (begin), then stores only, no
+                # delivery point between them, then end() in a finally (see the module docstring).
                 # (history, current and the dropped nodes stay referenced by locals: nothing
                 # is freed, so no __del__ runs, until the lock is released.)
-                self._history = new_history
-                self.get = new.get
-                if node is not None:
-                    self._tail.next = node
-                    self._tail = node
-                _drain(flags, 0)  # every reader's stale flag set: C code, all or nothing
+                try:
+                    published.begin()
+                    self._history = new_history
+                    self.get = new.get
+                    if node is not None:
+                        self._tail.next = node
+                        self._tail = node
+                finally:
+                    published.end()
         finally:
             try:  # noqa: SIM105  (the lock protocol: see _lock)
                 lock.release()
@@ -803,20 +814,9 @@ class SnapshotMap(MutableMapping[K, V]):
         """A reader for the calling thread to keep: reads that scale across threads (see SnapshotReader)."""
         return SnapshotReader(self)
 
-    def _register_reader(self, flag: list[bool]) -> dict[K, V]:
-        """Register a reader's stale flag and return its first copy, both under the writer
-        lock: no publish falls between them. May nest inside a write's user code."""
-        lock = self._lock
-        try:
-            lock.acquire()
-            data = dict(self.get.__self__)  # type: ignore[attr-defined]
-            self._readers[id(flag)] = flag
-        finally:
-            try:  # noqa: SIM105  (the lock protocol: see _lock)
-                lock.release()
-            except RuntimeError:
-                pass
-        return data
+    def handle(self) -> SnapshotMapHandle[K, V]:
+        """A handle for the calling thread to keep: the whole API, scaling reads (see SnapshotMapHandle)."""
+        return SnapshotMapHandle(self)
 
     # -- change callbacks --------------------------------------------------------------
 
@@ -899,74 +899,227 @@ class SnapshotMap(MutableMapping[K, V]):
             self._delivered = node = pending
 
 
-_ZEROS = repeat(0)
-_TRUES = repeat(True)
-_drain = collections.deque  # _drain(iterator, 0): run an iterator to its end in C
+_current_snapshot: Callable[[SnapshotMap[Any, Any]], Snapshot[Any, Any]] = operator.attrgetter("get.__self__")
 
 
-class SnapshotReader(Mapping[K, V]):
-    """One thread's own view of a SnapshotMap, for reads that scale across threads.
+def _follow(snapshot: Snapshot[Any, Any]) -> tuple[Any, ...]:
+    """A follower's cell entries for snapshot: its own dict methods, bound by the thread that
+    refreshes (so that calling them never touches the shared snapshot's reference count)."""
+    return (snapshot.__getitem__, snapshot.__contains__)
 
-    On free-threaded 3.13 every load of a shared object touches its reference
-    count, so threads reading one shared snapshot slow each other down. A
-    reader keeps its own copy of the current snapshot and a stale flag of its
-    own, which every publish sets (the map knows its live readers); a read
-    checks the flag and copies again only after a publish. Each read sees the
-    latest version published before it began, as the map's own reads do, also
-    after an asynchronous exception anywhere in a publish or a refresh.
 
-    Make one per thread and keep it in that thread: a reader shared between
-    threads is correct, but then shared, and so no faster than the map.
+class _Following(Follower[Any]):
+    """The reads of SnapshotReader and SnapshotMapHandle: a Follower (ftmap._published) of the
+    map's current snapshot, whose cell is::
+
+        [stale, snapshot, snapshot.__getitem__, snapshot.__contains__]
+
+    the bound methods made by the thread that refreshed (calling them touches no shared
+    reference count; the snapshot is immutable, so nothing is copied). A read loads the cell
+    once, refreshes if the cell is flagged, and answers from that cell: it is linearized at
+    the flag test, or at the refresh's load of the current snapshot (the proof is
+    ftmap._published's).
     """
 
-    __slots__ = ("_data", "_flag", "_map")
+    __slots__ = ()
 
-    def __init__(self, owner: SnapshotMap[K, V]) -> None:
-        self._map = owner
-        self._flag = [False]  # [stale]: True after a publish this copy has not seen
-        self._data = owner._register_reader(self._flag)
+    def __getitem__(self, key: Any) -> Any:
+        cell = self.cell
+        if cell[0]:
+            cell = self.refresh()
+        return cell[2](key)
 
-    def __del__(self) -> None:
-        # No module globals here (contextlib...): they may be gone at interpreter exit.
-        try:  # noqa: SIM105
-            self._map._readers.pop(id(self._flag), None)
-        except AttributeError:  # never fully built
-            pass
-
-    def _refresh(self) -> None:
-        flag = self._flag
-        flag[0] = False  # first: a publish from here on sets it again
+    def get(self, key: Any, default: Any = None) -> Any:
+        cell = self.cell
+        if cell[0]:
+            cell = self.refresh()
         try:
-            data = dict(self._map.get.__self__)  # type: ignore[attr-defined]
-        except BaseException:
-            flag[0] = True  # not refreshed: the next read tries again
-            raise
-        self._data = data
-
-    def get(self, key: K, default: Any = None) -> Any:
-        if self._flag[0]:
-            self._refresh()
-        return self._data.get(key, default)
-
-    def __getitem__(self, key: K) -> V:
-        if self._flag[0]:
-            self._refresh()
-        return self._data[key]
+            # d[key], not d.get: on 3.13t dict.get takes the shared snapshot's critical
+            # section, a lookup by d[key] does not. One lookup either way (a key's __hash__
+            # and __eq__ run exactly as often as in dict.get).
+            return cell[2](key)
+        except KeyError as error:
+            # Raised by the lookup itself (no Python frame under this one): the key is
+            # missing. Raised by the key's own __hash__/__eq__ (a frame of theirs): theirs.
+            if error.__traceback__.tb_next is not None:  # type: ignore[union-attr]
+                raise
+            return default
 
     def __contains__(self, key: object) -> bool:
-        if self._flag[0]:
-            self._refresh()
-        return key in self._data
+        cell = self.cell
+        if cell[0]:
+            cell = self.refresh()
+        return cell[3](key)  # type: ignore[no-any-return]
 
-    def __iter__(self) -> Iterator[K]:
+    def snapshot(self) -> Snapshot[Any, Any]:
+        """The map's current snapshot (as SnapshotMap.snapshot)."""
+        cell = self.cell
+        if cell[0]:
+            cell = self.refresh()
+        return cell[1]  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[Any]:
         return iter(self.snapshot())
 
     def __len__(self) -> int:
         return len(self.snapshot())
 
-    def snapshot(self) -> Snapshot[K, V]:
-        """The map's current snapshot (as SnapshotMap.snapshot)."""
-        return self._map.snapshot()
+    def keys(self) -> Any:
+        return self.snapshot().keys()
+
+    def values(self) -> Any:
+        return self.snapshot().values()
+
+    def items(self) -> Any:
+        return self.snapshot().items()
+
+
+_FOLLOWING_METHODS = ["__getitem__", "get", "__contains__", "snapshot", "__iter__", "__len__", "keys"]
+_FOLLOWING_METHODS += ["values", "items"]
+
+
+def _own_reads(cls: type[_T]) -> type[_T]:
+    """Give cls its own copies of _Following's read methods, named as cls's (so that an error
+    says ``SnapshotReader.get()``, as the C class's does)."""
+    for name in _FOLLOWING_METHODS:
+        fn = _Following.__dict__[name]
+        qualname = f"{cls.__qualname__}.{name}"
+        copy_ = types.FunctionType(
+            fn.__code__.replace(co_qualname=qualname), fn.__globals__, name, fn.__defaults__, fn.__closure__
+        )
+        copy_.__qualname__ = qualname
+        copy_.__doc__ = fn.__doc__
+        copy_.__annotations__ = fn.__annotations__
+        setattr(cls, name, copy_)
+    return cls
+
+
+@_own_reads
+class SnapshotReader(_Following, Mapping[K, V]):
+    """One thread's own view of a SnapshotMap, for reads that scale across threads.
+
+    On free-threaded 3.13 every load of a shared object touches its reference
+    count, so threads reading one shared snapshot slow each other down. A
+    reader keeps, in a cell of its own, bound methods of the current snapshot
+    made by its own thread, and a stale flag that every publish sets before
+    it stores the new snapshot (ftmap._published: the map knows its live
+    readers); a read checks the flag and, only after a publish, takes the new
+    snapshot (no copy: snapshots are immutable). Each read sees the latest
+    version published before it began, as the map's own reads do, and no
+    two readers can see a new version and then an older one, also after an
+    asynchronous exception anywhere in a publish or a refresh.
+
+    Make one per thread and keep it in that thread: a reader shared between
+    threads is correct, but then shared, and so no faster than the map.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, owner: SnapshotMap[K, V]) -> None:
+        Follower.__init__(self, owner._published, owner, _follow)
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(f"cannot pickle a {type(self).__name__}: it belongs to its thread (pickle its map)")
+
+
+@_own_reads
+class SnapshotMapHandle(_Following, MutableMapping[K, V]):
+    """One thread's handle on a SnapshotMap: the map's whole API, reads that scale across threads.
+
+    Reads (``h[k]``, ``get``, ``in``, ``snapshot()``, ``version``, ``len``,
+    iteration, the views) are a SnapshotReader's: through bound methods of
+    the current snapshot that the handle's own thread made, behind a stale
+    flag that every publish sets before it stores the new snapshot, so they
+    touch no shared reference count while nothing is published. Writes
+    (``h[k] = v``, ``del``, ``pop``, ``popitem``, ``setdefault``, ``update``,
+    ``replace``, ``compare_and_replace``, ``transform``, ``rollback``,
+    ``clear``) and everything else (``subscribe``, ``flush``,
+    ``history_versions``, ``copy``, ``==``) are the map's own (``h.map``):
+    same results, errors, versions and callbacks. Read-your-writes: a write
+    that published flagged this handle before its store, so the handle's
+    next read takes the new snapshot.
+
+    Make one per thread (``m.handle()``) and keep it in that thread. A handle
+    used from several threads keeps every guarantee (each operation is
+    linearizable, its reads are never older than a finished write), but it
+    is then a shared object, no faster than the map. A handle cannot be
+    pickled (it belongs to its thread): pickle ``h.map``.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, owner: SnapshotMap[K, V]) -> None:
+        Follower.__init__(self, owner._published, owner, _follow)
+
+    @property
+    def map(self) -> SnapshotMap[K, V]:
+        """The map this handle reads and writes."""
+        return self._owner  # type: ignore[no-any-return]
+
+    @property
+    def version(self) -> int:
+        """The current version (as SnapshotMap.version)."""
+        return self.snapshot().version
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(f"cannot pickle a {type(self).__name__}: it belongs to its thread (pickle h.map)")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.map!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SnapshotMapHandle):
+            other = other.map
+        return self.map == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # -- writes and whole-map operations: the map's own ------------------------------------
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self.map[key] = value
+
+    def __delitem__(self, key: K) -> None:
+        del self.map[key]
+
+    def pop(self, key: K, *default: Any) -> Any:
+        return self.map.pop(key, *default)
+
+    def popitem(self) -> tuple[K, V]:
+        return self.map.popitem()
+
+    def setdefault(self, key: K, default: V = None, /) -> V:  # type: ignore[assignment]
+        return self.map.setdefault(key, default)
+
+    def update(self, other: Any = (), /, **kwargs: V) -> None:
+        self.map.update(other, **kwargs)
+
+    def clear(self) -> None:
+        self.map.clear()
+
+    def replace(self, content: Mapping[K, V] | Iterable[tuple[K, V]] = (), /, **kwargs: V) -> int:
+        return self.map.replace(content, **kwargs)
+
+    def compare_and_replace(self, expected_version: int, content: Mapping[K, V]) -> bool:
+        return self.map.compare_and_replace(expected_version, content)
+
+    def transform(self, fn: Callable[[Snapshot[K, V]], Mapping[K, V]]) -> int:
+        return self.map.transform(fn)
+
+    def rollback(self, version: int) -> int:
+        return self.map.rollback(version)
+
+    def history_versions(self) -> list[int]:
+        return self.map.history_versions()
+
+    def subscribe(self, callback: Callable[[Change], object]) -> Callable[[], None]:
+        return self.map.subscribe(callback)
+
+    def flush(self) -> bool:
+        return self.map.flush()
+
+    def copy(self) -> SnapshotMap[K, V]:
+        return self.map.copy()
 
 
 def _rebuild(content: dict[Any, Any], history: int | None) -> SnapshotMap[Any, Any]:

@@ -1,4 +1,4 @@
-"""SnapshotMap and SnapshotReader with their read paths in C (ftmap._core), the rest in Python.
+"""SnapshotMap, SnapshotReader and SnapshotMapHandle with their reads in C (ftmap._core), the rest in Python.
 
 The C bases (csrc/snapshotmap.c) hold the current snapshot and the history as
 published references (ftmap_ref) and implement the reads: ``get``, ``m[k]``,
@@ -11,9 +11,13 @@ publish is one C call, ``_publish``), ``history_versions``, ``reader``,
 
 Differences from the pure map, none of them visible through the public API:
 ``m.get`` is a method of the map (the pure map's is the current snapshot's own
-``dict.get``, so ``m.get.__self__`` differs), and a reader registers nothing
-with the map: it compares its cached snapshot with the map's current one on
-every read (one atomic load), so a publish sets no flags.
+``dict.get``, so ``m.get.__self__`` differs), and a reader or a handle
+registers nothing with the map: it compares its cached snapshot with the map's
+current one on every read (one atomic load), so a publish sets no flags.
+A handle's cache is used by one thread at a time (a busy flag taken with a
+compare-and-swap; another thread reads through the map's path), so a handle
+shared between threads stays correct; its writes are the pure handle's code,
+which calls the map's methods.
 
 Asynchronous exceptions. The reads are C code: nothing can interrupt them; an
 exception can only come out of a key's ``__hash__``/``__eq__`` (the read's
@@ -43,7 +47,7 @@ from ._snapshot import (
     _Subscription,
 )
 
-__all__ = ["SnapshotMap", "SnapshotReader"]
+__all__ = ["SnapshotMap", "SnapshotMapHandle", "SnapshotReader"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -83,6 +87,58 @@ class SnapshotReader(_core.SnapshotReaderBase, Mapping[K, V]):  # type: ignore[m
 
 # m.reader() returns this class: isinstance(r, ftmap.SnapshotReader) holds for both implementations.
 _snapshot.SnapshotReader.register(SnapshotReader)  # type: ignore[type-abstract]
+
+
+def _handle_get(self: SnapshotMapHandle[Any, Any], key: Any, default: Any = None) -> Any:
+    return _core.SnapshotMapHandleBase.get(self, key, default)
+
+
+def _handle_snapshot(self: SnapshotMapHandle[Any, Any]) -> Any:
+    return _core.SnapshotMapHandleBase.snapshot(self)
+
+
+_PureHandle: Any = _snapshot.SnapshotMapHandle
+
+
+class SnapshotMapHandle(_core.SnapshotMapHandleBase, MutableMapping[K, V]):  # type: ignore[misc]
+    __doc__ = _PureHandle.__doc__
+
+    __slots__ = ()
+
+    # In C (the base, csrc/snapshotmap.c): get, h[k], in, len, iter, snapshot(), version, map,
+    #   through a cached snapshot that one thread at a time uses (the safety argument is there).
+    # Here: the pure handle's own code for everything else (its writes call h.map's methods).
+
+    _signature_get = _signature("SnapshotMapHandle.get", _handle_get)
+    _signature_snapshot = _signature("SnapshotMapHandle.snapshot", _handle_snapshot)
+
+    keys = _PureHandle.keys
+    values = _PureHandle.values
+    items = _PureHandle.items
+    __reduce__ = _PureHandle.__reduce__
+    __repr__ = _PureHandle.__repr__
+    __eq__ = _PureHandle.__eq__
+    __hash__ = None  # type: ignore[assignment]
+
+    __setitem__ = _PureHandle.__setitem__
+    __delitem__ = _PureHandle.__delitem__
+    pop = _PureHandle.pop
+    popitem = _PureHandle.popitem
+    setdefault = _PureHandle.setdefault
+    update = _PureHandle.update
+    clear = _PureHandle.clear
+    replace = _PureHandle.replace
+    compare_and_replace = _PureHandle.compare_and_replace
+    transform = _PureHandle.transform
+    rollback = _PureHandle.rollback
+    history_versions = _PureHandle.history_versions
+    subscribe = _PureHandle.subscribe
+    flush = _PureHandle.flush
+    copy = _PureHandle.copy
+
+
+# m.handle() returns this class: isinstance(h, ftmap._snapshot.SnapshotMapHandle) holds for both.
+_snapshot.SnapshotMapHandle.register(SnapshotMapHandle)  # type: ignore[type-abstract]
 
 
 class SnapshotMap(_core.SnapshotMapBase, MutableMapping[K, V]):  # type: ignore[misc]
@@ -151,6 +207,10 @@ class SnapshotMap(_core.SnapshotMapBase, MutableMapping[K, V]):  # type: ignore[
     def reader(self) -> SnapshotReader[K, V]:
         """A reader for the calling thread to keep: reads that scale across threads (see SnapshotReader)."""
         return SnapshotReader(self)
+
+    def handle(self) -> SnapshotMapHandle[K, V]:
+        """A handle for the calling thread to keep: the whole API, scaling reads (see SnapshotMapHandle)."""
+        return SnapshotMapHandle(self)
 
     # -- writes: the pure map's, around this _write ---------------------------------------------
 

@@ -1,6 +1,7 @@
 """SnapshotMap under asynchronous exceptions (issue 13, break 6): thousands of rounds of
 tests/inject.py, each an exception thrown at a random moment into a thread that writes,
-publishes, delivers to subscribers and refreshes a reader.
+publishes, delivers to subscribers and refreshes a reader and a handle (some writes go
+through the handle).
 
 After every round: no lock held; the content is that of the writes that completed (plus
 perhaps the interrupted one, all or nothing); version = publishes + 1; the history ends
@@ -32,6 +33,7 @@ class State:
         self.map.subscribe(lambda change: change.changed)  # Python code in the delivery: a target
         self.map.subscribe(self.last.append)
         self.reader = self.map.reader()
+        self.handle = self.map.handle()  # some writes go through it, and it must stay current
 
 
 def _bump(current: Any) -> dict[str, Any]:
@@ -39,15 +41,15 @@ def _bump(current: Any) -> dict[str, Any]:
 
 
 def operation(state: State, i: int) -> None:
-    m, kind = state.map, i % 8
+    m, kind, h = state.map, i % 8, state.handle
     if kind == 0:
-        m[f"k{i}"] = [i]
+        h[f"k{i}"] = [i]
     elif kind == 1:
         m.update({f"u{i}": i, "k0": i})
     elif kind == 2:
         m.pop(f"k{i - 2}", None)
     elif kind == 3:
-        m.setdefault(f"s{i}", i)
+        h.setdefault(f"s{i}", i)
     elif kind == 4:
         m.transform(_bump)
     elif kind == 5:
@@ -57,6 +59,7 @@ def operation(state: State, i: int) -> None:
     else:
         del m[f"u{i - 6}"]
     state.reader.get("t")  # a refresh after every publish: a target too
+    h.get("t")
 
 
 def expected_contents() -> list[dict[str, Any]]:
@@ -106,8 +109,10 @@ def check(state: State, done: int, inside: bool) -> None:
     history = m.history_versions()
     assert history == list(range(max(1, version - HISTORY + 1), version + 1))
     assert m._history[-1] is snapshot
-    for key in ALL_KEYS:  # the reader is current, present keys and absent ones alike
+    for key in ALL_KEYS:  # the reader and the handle are current, present keys and absent ones alike
         assert state.reader.get(key, "absent") == snapshot.get(key, "absent"), key
+        assert state.handle.get(key, "absent") == snapshot.get(key, "absent"), key
+    assert state.handle.snapshot() is snapshot and state.handle.version == version
     assert m.flush(), "a delivery is still pending after flush()"
     for records in (state.first, state.last):
         assert [c.new.version for c in records] == list(range(2, version + 1))

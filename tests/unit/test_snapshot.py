@@ -7,11 +7,13 @@ import json
 import logging
 import pickle
 import threading
+import time
 from typing import Any
 
 import pytest
 
 from ftmap import Change, FrozenDict, Snapshot, SnapshotMap, _impl, freeze
+from tests.threads import InThread, within
 
 
 def test_every_write_publishes_exactly_one_version() -> None:
@@ -217,3 +219,65 @@ def test_flush_with_nothing_pending_returns_true_and_bad_subscribers_are_refused
         m.subscribe(42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="at most 2 arguments"):
         m.pop("a", 1, 2)
+
+
+# -- readers: no new/old inversion between two readers (issue 12's milestone 0) ------------------
+
+_IDLE_READERS = 300  # registered between the two readers: a publish takes a while to flag them all
+
+
+def _new_then_old(cls: Any, seconds: float, threads: int = 2) -> tuple[list[str], int, int]:
+    """Readers `first` and `last` (idle readers registered between them) read "v" one after the
+    other on `threads` threads while another thread publishes 1, 2, 3 ...: every time a read
+    through `last` returned less than the read through `first` just before it (an inversion:
+    the first read had ended before the second began), the publishes, and the reads made."""
+    m = cls(v=0)
+    first = m.reader()
+    idle = [m.reader() for _ in range(_IDLE_READERS)]
+    last = m.reader()
+    done = threading.Event()
+    barrier = threading.Barrier(threads + 1)
+    found: list[str] = []
+    reads = [0]
+
+    def read() -> None:
+        barrier.wait(10)
+        count = 0
+        while not done.is_set():
+            new = first["v"]
+            old = last["v"]
+            if old < new:
+                found.append(f"read {new} through one reader, then {old} through another")
+            count += 1
+        reads[0] += count
+
+    def write() -> int:
+        barrier.wait(10)
+        deadline = time.monotonic() + seconds
+        published = 0
+        try:
+            while time.monotonic() < deadline:
+                published += 1
+                m["v"] = published
+        finally:
+            done.set()
+        return published
+
+    workers = [InThread(read, name=f"reader-{i}") for i in range(threads)]
+    published = within(seconds + 30, write)
+    for worker in workers:
+        worker.join(30)
+    del idle
+    return found, published, reads[0]
+
+
+@pytest.mark.parallel_threads(1)  # runs its own threads
+@pytest.mark.parametrize("implementation", sorted(_impl.variants("SnapshotMap")))
+def test_two_followers_never_see_new_then_old(implementation: str) -> None:
+    # The old pure reader cleared its flag, then copied, and a publish stored the snapshot
+    # before flagging the readers: a reader flagged early could read the new version, and one
+    # flagged late the old one after that (caught here within a second).
+    found, published, reads = _new_then_old(_impl.variants("SnapshotMap")[implementation], seconds=2)
+    print(f"{published} publishes, {reads} pairs of reads")
+    assert published >= 50 and reads >= 1_000, (published, reads)
+    assert found == [], found[:5]
