@@ -41,7 +41,7 @@ CORE_INSTALL := -m pip install $(PIP_FLAGS) --no-build-isolation --no-deps -e .
 EXPECT_C     := FTMAP_EXPECT_IMPLEMENTATION=c FTMAP_EXPECT_TEST_HOOKS=1
 EXPECT_PY    := FTMAP_PURE_PYTHON=1 FTMAP_EXPECT_IMPLEMENTATION=python
 # make tsan runs these (the stress tests of the C core; every C map adds its stress file here).
-TSAN_TESTS   ?= tests/stress/test_core_ref_stress.py tests/stress/test_sync_stress.py tests/stress/test_sync_uaf_stress.py tests/stress/test_unsafe_c_stress.py tests/stress/test_sharded_stress.py tests/stress/test_sharded_c_stress.py tests/stress/test_snapshot_uaf.py tests/stress/test_snapshot_stress.py
+TSAN_TESTS   ?= tests/stress/test_core_ref_stress.py tests/stress/test_sync_stress.py tests/stress/test_sync_uaf_stress.py tests/stress/test_unsafe_c_stress.py tests/stress/test_sharded_stress.py tests/stress/test_sharded_c_stress.py tests/stress/test_snapshot_uaf.py tests/stress/test_snapshot_stress.py tests/stress/test_unsafe_handle_stress.py tests/stress/test_sync_handle_stress.py tests/stress/test_sharded_handle_stress.py tests/stress/test_snapshot_handle_stress.py
 # TSan in CI: set to 0 to leave it out of make test (docs/c-core.md has its cost).
 CI_TSAN      ?= 1
 
