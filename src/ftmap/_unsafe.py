@@ -409,7 +409,12 @@ class UnsafeMap(MutableMapping[K, V]):
         return self._write("setdefault", self._data.setdefault, key, default, key=key)
 
     def update(self, other: Any = (), /, **kwargs: V) -> None:
-        """Update from a mapping or pairs, as dict.update: one write for the whole batch."""
+        """Update from a mapping or pairs, as dict.update: one write for the whole batch.
+
+        An UnsafeMap source (``m | other_map``, ``dict | m``) is read as one copy first, so a
+        key callback that writes the source meanwhile cannot tear the update, where a dict
+        source would raise RuntimeError (changed size during iteration).
+        """
         if isinstance(other, UnsafeMap):
             other = other.copy()._data
         self._write("update", _update, self._data, other, kwargs)

@@ -380,8 +380,15 @@ def test_a_refused_write_that_escapes_the_hook_fails_the_outer_operation_and_cha
     if not isinstance(case.result, RecursiveUpdateError):
         # Only where the map tolerates a bad key: building the dirty map keeps a deleted key
         # whose __hash__/__eq__ raises as a deleted entry, instead of failing the store of
-        # another key.
-        assert outer.state == "deleted, no dirty map", f"the outer operation returned {case.result!r}"
+        # another key. Or where no call of the hook under the mutex was refused: the hook's
+        # earlier calls outside it promoted the dirty map (their misses), so its write found
+        # its key in the read map and needed no mutex. How often the hook runs outside the
+        # mutex depends on the dict's probe order, so on PYTHONHASHSEED (seed 1 does this).
+        promoted = any(promoted for _, _, promoted in case.probe.records)
+        never_refused = all(not isinstance(value, Exception) for mine, value, _ in case.probe.records if mine)
+        assert outer.state == "deleted, no dirty map" or (promoted and never_refused), (
+            f"the outer operation returned {case.result!r}: {case.probe.records}"
+        )
         assert case.result == outer.expect
         outer.effect(case.model, case.key)
     if succeeded:
