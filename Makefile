@@ -163,6 +163,7 @@ bench-quick: $(BENCH_VENV)/.installed
 # Issue 12's scaling bars through per-thread handles (both implementations), with PASS/FAIL.
 bench-scaling: $(FT_VENV)/.core
 	$(FT) -m ftmap.bench.scaling
+	$(FT) -m ftmap.bench.scaling --values small
 
 # The scaling curves through handles beside dict and the C peers: docs/bench/handles/.
 bench-handles: $(BENCH_VENV)/.installed

@@ -15,7 +15,7 @@ from ftmap import _impl
 from ftmap.bench import WORKLOADS, Cell, Contender, GilReenabledError, Report, Settings, main, measure
 from ftmap.bench import _contenders as contenders_module
 from ftmap.bench._contenders import available_contenders, builtin_contenders
-from ftmap.bench._measure import percentile
+from ftmap.bench._measure import _Plan, percentile
 from ftmap.bench._report import environment, write_chart
 from ftmap.bench._workloads import compile_batch, make_keys, render_batch
 from ftmap.bench.scaling import _bar, _pairs
@@ -307,3 +307,36 @@ def test_the_scaling_script_gives_a_verdict_for_every_handle_row(capsys: pytest.
         assert row.rstrip().endswith(("| PASS |", "| FAIL |")), row
         one = next(line for line in out.splitlines() if line.startswith(f"| {direct.name} | read-only |"))
         assert one.rstrip().endswith(("| PASS |", "| FAIL |")), one
+
+
+def test_the_values_setting_picks_one_int_per_key_or_the_immortal_small_ints() -> None:
+    read_only = next(w for w in WORKLOADS if w.name == "read-only")
+    keys = make_keys(600)
+    distinct = _Plan(read_only, BY_NAME["dict"], keys, 1, Settings(values="distinct")).content
+    small = _Plan(read_only, BY_NAME["dict"], keys, 1, Settings(values="small")).content
+    assert list(distinct) == list(small) == keys
+    assert list(distinct.values()) == list(range(600))
+    assert list(small.values()) == [i % 256 for i in range(600)]
+    if sys.version_info >= (3, 12):  # immortal objects: a read writes no count
+        assert all(sys.getrefcount(v) > 2**30 for v in small.values())
+    assert Settings().values == "distinct"  # the matrix's content, unchanged
+    with pytest.raises(ValueError, match="values must be one of distinct, small"):
+        _Plan(read_only, BY_NAME["dict"], keys, 1, Settings(values="shared"))
+
+
+@pytest.mark.parallel_threads(1)  # runs threads of its own
+def test_the_scaling_script_measures_with_small_values_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    pairs = _pairs(BUILTIN)
+    args = ["--threads", "1,2", "--duration", "0.005", "--repeat", "1", "--seed", "3", "--values", "small"]
+    status = scaling_main(args)
+    out = capsys.readouterr().out
+    if not pairs:
+        assert status == 1
+        return
+    assert status == 0
+    assert out.splitlines()[0].endswith("seed 3, values small")
+    for _, handle in pairs:
+        row = next(line for line in out.splitlines() if line.startswith(f"| {handle.name} | read-only | 2 |"))
+        assert row.rstrip().endswith(("| PASS |", "| FAIL |")), row
+    with pytest.raises(SystemExit):
+        scaling_main(["--values", "shared"])

@@ -26,7 +26,9 @@ from ..testing import run_threads
 from ._contenders import Contender
 from ._workloads import READS_PER_KEY_PER_RELOAD, Workload, compile_batch
 
-__all__ = ["Cell", "Settings", "measure", "percentile", "timer_overhead_ns"]
+__all__ = ["VALUE_KINDS", "Cell", "Settings", "measure", "percentile", "timer_overhead_ns"]
+
+VALUE_KINDS = ("distinct", "small")  # see Settings.values
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,13 @@ class Settings:
     samples_per_batch: int = 8  # operations timed one by one after each batch
     memory: bool = True  # also measure peak memory (one thread, tracemalloc, untimed)
     seed: int = 0
+    # The values the map starts with. "distinct": key i holds the int i, one object per key,
+    # most of them ordinary objects made by the main thread, so every read of one writes its
+    # shared reference count (on 3.13t), whatever the map. "small": key i holds i % 256, the
+    # small ints, immortal on 3.13+: a read writes no count of the value, and what remains
+    # is the map's own cost (issue 12 counts the handle's, "beyond what the returned value
+    # itself needs").
+    values: str = "distinct"
 
 
 @dataclass
@@ -166,7 +175,10 @@ class _Plan:
             workload.program(keys, i, threads, random.Random(settings.seed * 7919 + i))
             for i in range(threads)
         ]
-        self.content = {k: i for i, k in enumerate(keys)}
+        if settings.values not in VALUE_KINDS:
+            raise ValueError(f"values must be one of {', '.join(VALUE_KINDS)}, not {settings.values!r}")
+        small = settings.values == "small"
+        self.content = {k: i % 256 if small else i for i, k in enumerate(keys)}
         # Two whole new contents, alternated by the config workload's reloads.
         self.contents = (
             {k: i + 1_000_000 for i, k in enumerate(keys)},

@@ -12,7 +12,12 @@ Every figure is a ratio of two numbers measured in this run, so a busy machine m
 still, a second process on a 2-core machine takes a core from the 2-thread runs: the load
 average is printed, and a run under load says so. Usage::
 
-    python -m ftmap.bench.scaling [--threads 1,2] [--duration 0.3] [--repeat 5]
+    python -m ftmap.bench.scaling [--threads 1,2] [--duration 0.3] [--repeat 5] [--values small]
+
+``--values distinct`` (the default, as the matrix): key i holds the int i, so most values are
+ordinary objects of the main thread and every read writes the returned value's shared
+reference count, on any map (a dict too). ``--values small``: the immortal small ints, so a
+read writes no value's count and the figure is the map's own scaling.
 
 Exit status 0 whatever the verdicts (a measurement, not a test); each line says PASS or FAIL.
 """
@@ -28,7 +33,7 @@ from collections.abc import Sequence
 from .._threads import usable_cpus
 from ._cli import _numbers, run
 from ._contenders import Contender, builtin_contenders
-from ._measure import Cell, Settings
+from ._measure import VALUE_KINDS, Cell, Settings
 from ._report import environment, interpreter_line
 from ._workloads import WORKLOADS
 
@@ -72,13 +77,24 @@ def _load() -> str:
     return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ftmap.bench.scaling", description=_DOC_LINE)
     parser.add_argument("--threads", type=_numbers, help="thread counts (default: 1 and 2, and the CPUs)")
     parser.add_argument("--duration", type=float, default=0.3, help="seconds per timed run")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per cell; the median is kept")
     parser.add_argument("--seed", type=int, help="seed of the programs")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--values",
+        choices=VALUE_KINDS,
+        default="distinct",
+        help="distinct: key i holds the int i (a read writes the value's shared reference count);"
+        " small: i %% 256, immortal small ints (what remains is the map's own scaling)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     cpus = usable_cpus()
     threads = args.threads or sorted({1, 2, cpus} if cpus >= 2 else {1})
     if 1 not in threads:
@@ -89,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         repeat=args.repeat,
         memory=False,
         seed=args.seed if args.seed is not None else random.randrange(2**31),
+        values=args.values,
     )
     pairs = _pairs(builtin_contenders())
     if not pairs:
@@ -96,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     workloads = [w for w in WORKLOADS if w.name in ("read-only", "read-mostly", "disjoint-writes")]
     env = environment()
-    print(f"# Scaling through handles: {interpreter_line(env)}, {cpus} CPUs, seed {settings.seed}")
+    run_line = f"{cpus} CPUs, seed {settings.seed}, values {settings.values}"
+    print(f"# Scaling through handles: {interpreter_line(env)}, {run_line}")
     print(f"# before: {_load()}")
     direct = [d for d, _ in pairs]
     handles = [h for _, h in pairs]
