@@ -174,6 +174,12 @@ FAMILIES: dict[str, list[Any]] = {
     "floats": [i / 8 for i in range(50_000)],
 }
 SHARDS = [2, 4, 16, 32, 64, 256, 1024]
+# As in tests/unit/test_sharded.py: str hashes (and those of tuples holding one) change with the
+# process's hash seed, so for those families p is a fresh uniform draw on every run, over 7 shard
+# counts, 2 implementations and every make test run: a 0.001 bar failed CI by chance (p=0.0006,
+# 16 shards). A placement that really clumps gives p far below 1e-9 whatever the seed (the plain
+# fold below: < 1e-6 on 32 shards), so the seeded families use 1e-7. The others are deterministic.
+SEEDED_FAMILIES = {"strings with a long common prefix", "tuples"}
 _top_cache: dict[tuple[str, str], list[int]] = {}
 
 
@@ -198,7 +204,8 @@ def test_fnv_placement_spreads_keys_uniformly(implementation: str, family: str) 
         counts = [0] * shards
         for index in top:
             counts[index >> (20 - bits)] += 1
-        assert chi_square_p(counts) >= 0.001, (family, shards, counts[:16])
+        alpha = 1e-7 if family in SEEDED_FAMILIES else 0.001
+        assert chi_square_p(counts) >= alpha, (family, shards, counts[:16])
 
 
 def fnv_plain_fold(key: Any, bits: int) -> int:
