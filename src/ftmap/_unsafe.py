@@ -60,7 +60,7 @@ from collections.abc import (
     ValuesView,
 )
 from types import MappingProxyType
-from typing import Any, TypeVar, overload
+from typing import Any, Generic, Self, TypeVar, overload
 
 from . import _impl
 from ._errors import (
@@ -551,7 +551,66 @@ def _reversed_items(data: dict[K, V]) -> Iterator[tuple[K, V]]:
     return reversed(data.items())
 
 
-class UnsafeMapHandle(MutableMapping[K, V]):
+class _ToTheMap(Generic[K, V]):
+    """The part of an UnsafeMapHandle, pure or C (ftmap._unsafe_c), that is the map's own:
+    popitem, the views, ==, repr, update, clear, copy and |, each called on ``self.map``;
+    and the refusal to pickle. Listed before MutableMapping in both handles' bases, so that
+    these, not MutableMapping's generic versions, are what a handle runs."""
+
+    __slots__ = ()
+
+    map: UnsafeMap[K, V]
+
+    def popitem(self) -> tuple[K, V]:
+        """Remove and return the most recently inserted item, as dict does."""
+        return self.map.popitem()
+
+    def __reversed__(self) -> Iterator[K]:
+        return reversed(self.map)
+
+    def keys(self) -> KeysView[K]:
+        return self.map.keys()
+
+    def values(self) -> ValuesView[V]:
+        return self.map.values()
+
+    def items(self) -> ItemsView[K, V]:
+        return self.map.items()
+
+    def __eq__(self, other: object) -> bool:
+        return self.map == other
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like dict
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.map!r})"
+
+    def update(self, other: Any = (), /, **kwargs: V) -> None:
+        """The map's update: one write for the whole batch."""
+        self.map.update(other, **kwargs)
+
+    def clear(self) -> None:
+        self.map.clear()
+
+    def copy(self) -> UnsafeMap[K, V]:
+        """A new UnsafeMap (not a handle) with the same content."""
+        return self.map.copy()
+
+    def __ior__(self, other: Any) -> Self:
+        self.map.update(other)
+        return self
+
+    def __or__(self, other: Any) -> Any:
+        return self.map | other
+
+    def __ror__(self, other: Any) -> Any:
+        return other | self.map
+
+    def __reduce__(self) -> Any:
+        raise TypeError(f"cannot pickle {type(self).__name__}: a per-thread handle (pickle its map)")
+
+
+class UnsafeMapHandle(_ToTheMap[K, V], MutableMapping[K, V]):
     """A per-thread handle on an UnsafeMap: ``m.handle()``, kept by the thread that made it.
 
     The same map and exactly the same checks: every operation through the handle is
@@ -687,10 +746,6 @@ class UnsafeMapHandle(MutableMapping[K, V]):
     def setdefault(self, key: K, default: V = None, /) -> V:  # type: ignore[assignment]
         return self.map.setdefault(key, default)
 
-    def popitem(self) -> tuple[K, V]:
-        """Remove and return the most recently inserted item, as dict does."""
-        return self.map.popitem()
-
     # -- the rest: the map's ----------------------------------------------------------
 
     def __len__(self) -> int:
@@ -698,47 +753,3 @@ class UnsafeMapHandle(MutableMapping[K, V]):
 
     def __iter__(self) -> Iterator[K]:
         return iter(self.map)
-
-    def __reversed__(self) -> Iterator[K]:
-        return reversed(self.map)
-
-    def keys(self) -> KeysView[K]:
-        return self.map.keys()
-
-    def values(self) -> ValuesView[V]:
-        return self.map.values()
-
-    def items(self) -> ItemsView[K, V]:
-        return self.map.items()
-
-    def __eq__(self, other: object) -> bool:
-        return self.map == other
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, like dict
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.map!r})"
-
-    def update(self, other: Any = (), /, **kwargs: V) -> None:
-        """The map's update: one write for the whole batch."""
-        self.map.update(other, **kwargs)
-
-    def clear(self) -> None:
-        self.map.clear()
-
-    def copy(self) -> UnsafeMap[K, V]:
-        """A new UnsafeMap (not a handle) with the same content."""
-        return self.map.copy()
-
-    def __ior__(self, other: Any) -> UnsafeMapHandle[K, V]:
-        self.map.update(other)
-        return self
-
-    def __or__(self, other: Any) -> Any:
-        return self.map | other
-
-    def __ror__(self, other: Any) -> Any:
-        return other | self.map
-
-    def __reduce__(self) -> Any:
-        raise TypeError(f"cannot pickle {type(self).__name__}: a per-thread handle (pickle its map)")

@@ -224,7 +224,7 @@ class _ItemsView(ItemsView[K, V]):
         return found
 
 
-class UnsafeMapHandle(_core.UnsafeMapHandleBase, MutableMapping[K, V]):  # type: ignore[misc]
+class UnsafeMapHandle(_core.UnsafeMapHandleBase, _pure._ToTheMap[K, V], MutableMapping[K, V]):  # type: ignore[misc]
     """A per-thread handle on an UnsafeMap: ``m.handle()``, kept by the thread that made it.
 
     The same map and exactly the same checks: ``h[k]``, ``get``, ``in``, ``h[k] = v``,
@@ -243,53 +243,5 @@ class UnsafeMapHandle(_core.UnsafeMapHandleBase, MutableMapping[K, V]):  # type:
     __slots__ = ()
 
     # Inherited from UnsafeMapHandleBase (C): map, __getitem__, get, __contains__, __len__,
-    # __setitem__, __delitem__, pop, setdefault, __iter__.
+    # __setitem__, __delitem__, pop, setdefault, __iter__; the rest from _pure._ToTheMap.
     map: UnsafeMap[K, V]
-
-    def popitem(self) -> tuple[K, V]:
-        """Remove and return the most recently inserted item, as dict does."""
-        return self.map.popitem()
-
-    def __reversed__(self) -> Iterator[K]:
-        return reversed(self.map)
-
-    def keys(self) -> KeysView[K]:
-        return self.map.keys()
-
-    def values(self) -> ValuesView[V]:
-        return self.map.values()
-
-    def items(self) -> ItemsView[K, V]:
-        return self.map.items()
-
-    def __eq__(self, other: object) -> bool:
-        return self.map == other
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, like dict
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.map!r})"
-
-    def update(self, other: Any = (), /, **kwargs: V) -> None:
-        """The map's update: one write for the whole batch."""
-        self.map.update(other, **kwargs)
-
-    def clear(self) -> None:
-        self.map.clear()
-
-    def copy(self) -> UnsafeMap[K, V]:
-        """A new UnsafeMap (not a handle) with the same content."""
-        return self.map.copy()
-
-    def __ior__(self, other: Any) -> UnsafeMapHandle[K, V]:
-        self.map.update(other)
-        return self
-
-    def __or__(self, other: Any) -> Any:
-        return self.map | other
-
-    def __ror__(self, other: Any) -> Any:
-        return other | self.map
-
-    def __reduce__(self) -> Any:
-        raise TypeError(f"cannot pickle {type(self).__name__}: a per-thread handle (pickle its map)")
