@@ -106,7 +106,7 @@ from operator import attrgetter, is_, is_not
 from typing import Any, NamedTuple, Protocol, TypeVar, overload
 
 from . import _impl
-from ._base import ItemsBackedMap, same_value
+from ._base import ItemsBackedMap, dict_get, same_value
 from ._errors import RecursiveUpdateError
 from ._published import Follower, Published
 
@@ -497,7 +497,7 @@ class SyncMap(ItemsBackedMap[K, V]):
             mu.acquire()
             self._holder = operation
             read = self._read  # kept alive until the mutex is released
-            entry = read.m.get(key)
+            entry = dict_get(read.m, key)
             if entry is None:
                 dirty = self._dirty
                 if dirty is not None:
@@ -515,7 +515,7 @@ class SyncMap(ItemsBackedMap[K, V]):
 
     def _locate_reentrant(self, key: Any) -> _Entry | None:
         """A read from code the map runs under its mutex, on the holder's thread: no miss, no promotion."""
-        entry = self._read.m.get(key)
+        entry = dict_get(self._read.m, key)
         if entry is None:
             dirty = self._dirty  # None exactly when the read map is complete
             if dirty is not None:
@@ -545,7 +545,7 @@ class SyncMap(ItemsBackedMap[K, V]):
     def load(self, key: K) -> tuple[V | None, bool]:
         """The value for key and True, or (None, False) if absent."""
         read = self._read
-        entry = read.m.get(key)
+        entry = dict_get(read.m, key)
         if entry is not None:
             value = entry.value
         elif read.amended:
@@ -556,7 +556,7 @@ class SyncMap(ItemsBackedMap[K, V]):
 
     def store(self, key: K, value: V) -> None:
         """Set the value for key."""
-        entry = self._read.m.get(key)
+        entry = dict_get(self._read.m, key)
         if entry is not None:
             lock = entry.lock
             try:  # Entry.try_swap, inlined: the hot write path
@@ -575,7 +575,7 @@ class SyncMap(ItemsBackedMap[K, V]):
 
     def swap(self, key: K, value: V) -> tuple[V | None, bool]:
         """Set the value for key; return the previous value and whether there was one."""
-        entry = self._read.m.get(key)
+        entry = dict_get(self._read.m, key)
         if entry is not None:
             previous = entry.try_swap(value)
             if previous is not _EXPUNGED:
@@ -592,7 +592,7 @@ class SyncMap(ItemsBackedMap[K, V]):
             mu.acquire()
             self._holder = operation
             read = self._read
-            entry = read.m.get(key)
+            entry = dict_get(read.m, key)
             if entry is None:
                 dirty = self._dirty
                 if dirty is None:
@@ -618,7 +618,7 @@ class SyncMap(ItemsBackedMap[K, V]):
 
     def load_or_store(self, key: K, value: V) -> tuple[V, bool]:
         """The existing value and True, or store value and return it with False."""
-        entry = self._read.m.get(key)
+        entry = dict_get(self._read.m, key)
         if entry is not None:
             result = entry.try_load_or_store(value)
             if result is not _EXPUNGED:
@@ -634,7 +634,7 @@ class SyncMap(ItemsBackedMap[K, V]):
             mu.acquire()
             self._holder = "load_or_store"
             read = self._read
-            entry = read.m.get(key)
+            entry = dict_get(read.m, key)
             if entry is not None:
                 if entry.expunged:
                     entry = self._unexpunge_locked(entry)
@@ -665,7 +665,7 @@ class SyncMap(ItemsBackedMap[K, V]):
     def load_and_delete(self, key: K) -> tuple[V | None, bool]:
         """Delete key; return the value it had and whether it was present."""
         read = self._read
-        entry = read.m.get(key)
+        entry = dict_get(read.m, key)
         if entry is None and read.amended:
             entry = self._load_and_delete_slow(key)
         if entry is None:
@@ -682,7 +682,7 @@ class SyncMap(ItemsBackedMap[K, V]):
             mu.acquire()
             self._holder = "load_and_delete"
             read = self._read
-            entry = read.m.get(key)
+            entry = dict_get(read.m, key)
             dirty = self._dirty
             if entry is None and dirty is not None:
                 entry = dirty.pop(key, None)  # the entry keeps its key alive past the release
@@ -707,7 +707,7 @@ class SyncMap(ItemsBackedMap[K, V]):
         a Python __eq__ may call back into this map.
         """
         read = self._read
-        entry = read.m.get(key)
+        entry = dict_get(read.m, key)
         if entry is None:
             if not read.amended:
                 return False
@@ -725,7 +725,7 @@ class SyncMap(ItemsBackedMap[K, V]):
             mu.acquire()
             self._holder = "compare_and_swap"
             read = self._read
-            entry = read.m.get(key)
+            entry = dict_get(read.m, key)
             if entry is None:
                 # Promoted meanwhile? Then there is no dirty map (Go's nil-map lookup).
                 dirty = self._dirty
@@ -746,7 +746,7 @@ class SyncMap(ItemsBackedMap[K, V]):
     def compare_and_delete(self, key: K, old: V) -> bool:
         """Delete key if its value is old (identity, then ==); True if deleted."""
         read = self._read
-        entry = read.m.get(key)
+        entry = dict_get(read.m, key)
         if entry is None and read.amended:
             entry = self._locate_slow(key, "compare_and_delete", True)
         return entry is not None and entry.compare_and_set(old, _DELETED)
@@ -933,7 +933,7 @@ class SyncMap(ItemsBackedMap[K, V]):
 
     def get(self, key: K, default: object = None, /) -> object:
         read = self._read
-        entry = read.m.get(key)
+        entry = dict_get(read.m, key)
         if entry is not None:
             value = entry.value
         elif read.amended:
@@ -944,7 +944,7 @@ class SyncMap(ItemsBackedMap[K, V]):
 
     def __contains__(self, key: object) -> bool:
         read = self._read
-        entry = read.m.get(key)
+        entry = dict_get(read.m, key)
         if entry is not None:
             return entry.value is not _DELETED
         return read.amended and self._value_slow(key, "in") is not _DELETED

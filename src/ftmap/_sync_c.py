@@ -33,7 +33,7 @@ from operator import attrgetter, is_, is_not
 from typing import Any, TypeVar, overload
 
 from . import _impl
-from ._base import ItemsBackedMap
+from ._base import ItemsBackedMap, dict_get
 from ._errors import RecursiveUpdateError
 from ._sync import SyncMapStats, _DebugEntry, _DebugState, _HandleWholeMap, _Missing, _OwnedLock
 
@@ -180,7 +180,7 @@ class SyncMap(_core.SyncMapBase, ItemsBackedMap[K, V]):  # type: ignore[misc]
             mu.acquire()
             self._holder = operation
             read = self._read  # kept alive until the mutex is released
-            entry = read[0].get(key)
+            entry = dict_get(read[0], key)
             if entry is None:
                 dirty = self._dirty
                 if dirty is not None:
@@ -198,7 +198,7 @@ class SyncMap(_core.SyncMapBase, ItemsBackedMap[K, V]):  # type: ignore[misc]
 
     def _locate_reentrant(self, key: Any) -> Any:
         """A read from code the map runs under its mutex, on the holder's thread: no miss, no promotion."""
-        entry = self._read[0].get(key)
+        entry = dict_get(self._read[0], key)
         if entry is None:
             dirty = self._dirty  # None exactly when the read map is complete
             if dirty is not None:
@@ -229,7 +229,7 @@ class SyncMap(_core.SyncMapBase, ItemsBackedMap[K, V]):  # type: ignore[misc]
 
     def swap(self, key: K, value: V) -> tuple[V | None, bool]:
         """Set the value for key; return the previous value and whether there was one."""
-        entry = self._read[0].get(key)
+        entry = dict_get(self._read[0], key)
         if entry is not None:
             previous = entry.try_swap(value)
             if previous is not _EXPUNGED:
@@ -246,7 +246,7 @@ class SyncMap(_core.SyncMapBase, ItemsBackedMap[K, V]):  # type: ignore[misc]
             mu.acquire()
             self._holder = operation
             read = self._read
-            entry = read[0].get(key)
+            entry = dict_get(read[0], key)
             if entry is None:
                 dirty = self._dirty
                 if dirty is None:
@@ -272,7 +272,7 @@ class SyncMap(_core.SyncMapBase, ItemsBackedMap[K, V]):  # type: ignore[misc]
 
     def load_or_store(self, key: K, value: V) -> tuple[V, bool]:
         """The existing value and True, or store value and return it with False."""
-        entry = self._read[0].get(key)
+        entry = dict_get(self._read[0], key)
         if entry is not None:
             result = entry.try_load_or_store(value)
             if result is not _EXPUNGED:
@@ -288,7 +288,7 @@ class SyncMap(_core.SyncMapBase, ItemsBackedMap[K, V]):  # type: ignore[misc]
             mu.acquire()
             self._holder = "load_or_store"
             read = self._read
-            entry = read[0].get(key)
+            entry = dict_get(read[0], key)
             if entry is not None:
                 if entry.expunged:
                     entry = self._unexpunge_locked(entry)
@@ -319,7 +319,7 @@ class SyncMap(_core.SyncMapBase, ItemsBackedMap[K, V]):  # type: ignore[misc]
     def load_and_delete(self, key: K) -> tuple[V | None, bool]:
         """Delete key; return the value it had and whether it was present."""
         read = self._read
-        entry = read[0].get(key)
+        entry = dict_get(read[0], key)
         if entry is None and read[1]:
             mu = self._mu
             if mu._is_owned():
@@ -328,7 +328,7 @@ class SyncMap(_core.SyncMapBase, ItemsBackedMap[K, V]):  # type: ignore[misc]
                 mu.acquire()
                 self._holder = "load_and_delete"
                 read = self._read
-                entry = read[0].get(key)
+                entry = dict_get(read[0], key)
                 dirty = self._dirty
                 if entry is None and dirty is not None:
                     entry = dirty.pop(key, None)  # the entry keeps its key alive past the release
@@ -356,7 +356,7 @@ class SyncMap(_core.SyncMapBase, ItemsBackedMap[K, V]):  # type: ignore[misc]
         a Python __eq__ may call back into this map.
         """
         read = self._read
-        entry = read[0].get(key)
+        entry = dict_get(read[0], key)
         if entry is None:
             if not read[1]:
                 return False
@@ -367,7 +367,7 @@ class SyncMap(_core.SyncMapBase, ItemsBackedMap[K, V]):  # type: ignore[misc]
                 mu.acquire()
                 self._holder = "compare_and_swap"
                 read = self._read
-                entry = read[0].get(key)
+                entry = dict_get(read[0], key)
                 if entry is None:
                     # Promoted meanwhile? Then there is no dirty map (Go's nil-map lookup).
                     dirty = self._dirty
@@ -390,7 +390,7 @@ class SyncMap(_core.SyncMapBase, ItemsBackedMap[K, V]):  # type: ignore[misc]
     def compare_and_delete(self, key: K, old: V) -> bool:
         """Delete key if its value is old (identity, then ==); True if deleted."""
         read = self._read
-        entry = read[0].get(key)
+        entry = dict_get(read[0], key)
         if entry is None and read[1]:
             entry = self._locate_slow(key, "compare_and_delete", True)
         return entry is not None and entry.compare_and_set(old, _DELETED)

@@ -63,6 +63,7 @@ from types import MappingProxyType
 from typing import Any, Generic, Self, TypeVar, overload
 
 from . import _impl
+from ._base import dict_get
 from ._errors import (
     NO_KEY,
     ConcurrentIterationError,
@@ -204,7 +205,7 @@ class UnsafeMap(MutableMapping[K, V]):
         to check only for a write in progress.
         """
         me = _get_ident()
-        other = self._state.get(WRITER)
+        other = dict_get(self._state, WRITER)
         if other is None or other == me:
             last = self._state[LAST]
             other = last if noted is not None and last is not noted and last != me else None
@@ -220,7 +221,7 @@ class UnsafeMap(MutableMapping[K, V]):
         """
         me = _get_ident()
         state = self._state
-        other = state.get(WRITER)
+        other = dict_get(state, WRITER)
         if other is None or other == me:
             last = state[LAST]
             other = last if state[WRITES] != noted and last != me else None
@@ -276,7 +277,7 @@ class UnsafeMap(MutableMapping[K, V]):
         removes its claim, so the entry cannot change between the look and the delete.
         """
         state = self._state
-        if state.get(WRITER) is me:
+        if dict_get(state, WRITER) is me:
             del state[WRITER]
 
     # -- reads -----------------------------------------------------------------
@@ -302,7 +303,7 @@ class UnsafeMap(MutableMapping[K, V]):
         noted = state[1]
         if 0 in state:
             self._check_read(ConcurrentReadWriteError, "read", key, None)
-        value = self._data.get(key, default)
+        value = dict_get(self._data, key, default)
         if 0 in state or state[1] is not noted:
             self._check_read(ConcurrentReadWriteError, "read", key, noted)
         return value

@@ -72,6 +72,14 @@ def test_a_handle_needs_its_own_implementations_map(impl: str) -> None:
 
 # -- the single-key API: the same answers as the map ---------------------------------------
 
+
+class HashKeyError:
+    """A key whose __hash__ raises KeyError: the caller's error, never taken for a cache miss."""
+
+    def __hash__(self) -> int:
+        raise KeyError("__hash__ refused")
+
+
 OPERATIONS: list[tuple[str, Callable[[Any], Any]]] = [
     ("getitem", lambda t: t["a"]),
     ("getitem missing", lambda t: t["zz"]),
@@ -112,6 +120,13 @@ OPERATIONS: list[tuple[str, Callable[[Any], Any]]] = [
     ),
     ("remove_if", lambda t: (t.remove_if("a", lambda k, v, e: e), t.remove_if("zz", lambda k, v, e: True))),
     ("unhashable", lambda t: t[[]]),
+    ("hash raises KeyError getitem", lambda t: t[HashKeyError()]),
+    ("hash raises KeyError get", lambda t: t.get(HashKeyError(), 1)),
+    ("hash raises KeyError in", lambda t: HashKeyError() in t),
+    ("hash raises KeyError setitem", lambda t: t.__setitem__(HashKeyError(), 1)),
+    ("hash raises KeyError pop", lambda t: t.pop(HashKeyError(), 1)),
+    ("hash raises KeyError merge", lambda t: t.merge(HashKeyError(), 1, operator.add)),
+    ("hash raises KeyError compute", lambda t: t.compute(HashKeyError(), lambda v: 1)),
     ("unhashable set", lambda t: t.__setitem__([], 1)),
     ("wrong arity", lambda t: t.compute("a")),
 ]

@@ -100,6 +100,51 @@ def test_frozen_values_copy_and_pickle() -> None:
     assert pickle.loads(pickle.dumps(m)) == m
 
 
+class _KeyErrorHash:
+    def __hash__(self) -> int:
+        raise KeyError(self)
+
+    def __repr__(self) -> str:
+        return "_KeyErrorHash()"
+
+
+class _KeyErrorEq:
+    def __hash__(self) -> int:
+        return hash("a")
+
+    def __eq__(self, other: object) -> bool:
+        raise KeyError(self)
+
+    def __repr__(self) -> str:
+        return "_KeyErrorEq()"
+
+
+def _get_outcome(call: Any) -> tuple[str, Any]:
+    try:
+        return "returned", call()
+    except Exception as error:
+        return "raised", (type(error), error.args)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("a",), ("zz",), ("zz", 7), ("n",), ([],), (_KeyErrorHash(),), (_KeyErrorEq(),), (), ("a", 1, 2)],
+    ids=repr,
+)
+def test_a_frozen_dicts_get_answers_as_dict_get(args: tuple[Any, ...]) -> None:
+    # On free-threaded 3.13 FrozenDict.get is a subscript (dict.get parks a thread reading
+    # another thread's objects there); everywhere it must be dict.get's answers and errors.
+    content = {"a": 1, "n": None}
+    for frozen in (FrozenDict(content), Snapshot(content, 3), SnapshotMap(content).snapshot()):
+        expected = _get_outcome(lambda: dict.get(content, *args))
+        assert _get_outcome(lambda f=frozen: f.get(*args)) == expected
+    m: SnapshotMap[str, Any] = SnapshotMap(content)
+    assert _get_outcome(lambda: m.get(*args)) == expected
+    assert within(10, lambda: _get_outcome(lambda: m.get(*args))) == expected  # another thread
+    with pytest.raises(TypeError, match=r"get\(\) takes no keyword arguments"):
+        m.get("a", default=1)
+
+
 def test_history_and_rollback() -> None:
     m: SnapshotMap[str, int] = SnapshotMap(a=1, history=3)
     for i in range(2, 6):
