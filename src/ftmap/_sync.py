@@ -103,7 +103,7 @@ from collections.abc import (
 )
 from itertools import repeat
 from operator import attrgetter, is_, is_not
-from typing import Any, NamedTuple, Protocol, TypeVar, overload
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar, overload
 
 from . import _impl
 from ._base import ItemsBackedMap, dict_get, same_value
@@ -353,7 +353,37 @@ def _debug_entry(key: Any, entry: _Entry) -> _DebugEntry:
     return _DebugEntry(key, id(entry), live, value if live else None, entry.expunged, not free)
 
 
-class SyncMap(ItemsBackedMap[K, V]):
+class _Deletes(Generic[K, V]):
+    """delete, ``del m[k]`` and pop on the class's own load_and_delete: written once for the pure
+    SyncMap, its handle and the C SyncMap (whose ``del m[k]`` is its C base's)."""
+
+    __slots__ = ()
+
+    load_and_delete: Callable[[K], tuple[V | None, bool]]
+
+    def delete(self, key: K) -> None:
+        """Delete key, if present."""
+        self.load_and_delete(key)
+
+    def __delitem__(self, key: K) -> None:
+        if not self.load_and_delete(key)[1]:
+            raise KeyError(key)
+
+    @overload
+    def pop(self, key: K, /) -> V: ...
+    @overload
+    def pop(self, key: K, default: V | D, /) -> V | D: ...
+
+    def pop(self, key: K, default: object = _MISSING, /) -> object:
+        value, loaded = self.load_and_delete(key)
+        if loaded:
+            return value
+        if default is _MISSING:
+            raise KeyError(key)
+        return default
+
+
+class SyncMap(_Deletes[K, V], ItemsBackedMap[K, V]):
     """Go's sync.Map: safe for concurrent use without further locking; every operation linearizable.
 
     Best where keys are written once and read many times, or where threads
@@ -696,10 +726,6 @@ class SyncMap(ItemsBackedMap[K, V]):
             raise
         return entry
 
-    def delete(self, key: K) -> None:
-        """Delete key, if present."""
-        self.load_and_delete(key)
-
     def compare_and_swap(self, key: K, old: V, new: V) -> bool:
         """Replace key's value with new if it is old (identity, then ==); True if swapped.
 
@@ -951,23 +977,6 @@ class SyncMap(ItemsBackedMap[K, V]):
 
     __setitem__ = store
 
-    def __delitem__(self, key: K) -> None:
-        if not self.load_and_delete(key)[1]:
-            raise KeyError(key)
-
-    @overload
-    def pop(self, key: K, /) -> V: ...
-    @overload
-    def pop(self, key: K, default: V | D, /) -> V | D: ...
-
-    def pop(self, key: K, default: object = _MISSING, /) -> object:
-        value, loaded = self.load_and_delete(key)
-        if loaded:
-            return value
-        if default is _MISSING:
-            raise KeyError(key)
-        return default
-
     def popitem(self) -> tuple[K, V]:
         """Remove and return some (key, value); KeyError if the map is empty."""
         for key in self:
@@ -1101,7 +1110,7 @@ class _HandleWholeMap:
         )
 
 
-class SyncMapHandle(_HandleWholeMap, Follower[_ReadOnly], MutableMapping[K, V]):
+class SyncMapHandle(_Deletes[K, V], _HandleWholeMap, Follower[_ReadOnly], MutableMapping[K, V]):
     """A SyncMap's single-key API for one thread to keep: ``h = m.handle()``.
 
     Every single-key operation of the map (load, store, swap, load_or_store,
@@ -1258,27 +1267,6 @@ class SyncMapHandle(_HandleWholeMap, Follower[_ReadOnly], MutableMapping[K, V]):
             return None, False
         previous = entry.delete()
         return (None, False) if previous is _DELETED else (previous, True)
-
-    def delete(self, key: K) -> None:
-        """Delete key, if present."""
-        self.load_and_delete(key)
-
-    def __delitem__(self, key: K) -> None:
-        if not self.load_and_delete(key)[1]:
-            raise KeyError(key)
-
-    @overload
-    def pop(self, key: K, /) -> V: ...
-    @overload
-    def pop(self, key: K, default: V | D, /) -> V | D: ...
-
-    def pop(self, key: K, default: object = _MISSING, /) -> object:
-        value, loaded = self.load_and_delete(key)
-        if loaded:
-            return value
-        if default is _MISSING:
-            raise KeyError(key)
-        return default
 
     def compare_and_swap(self, key: K, old: V, new: V) -> bool:
         """Replace key's value with new if it is old (identity, then ==); True if swapped."""

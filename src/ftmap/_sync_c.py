@@ -35,7 +35,7 @@ from typing import Any, TypeVar, overload
 from . import _impl
 from ._base import ItemsBackedMap, dict_get
 from ._errors import RecursiveUpdateError
-from ._sync import SyncMapStats, _DebugEntry, _DebugState, _HandleWholeMap, _Missing, _OwnedLock
+from ._sync import SyncMapStats, _DebugEntry, _DebugState, _Deletes, _HandleWholeMap, _Missing, _OwnedLock
 
 __all__ = ["SyncMap", "SyncMapHandle"]
 
@@ -91,7 +91,7 @@ def _debug_entry(key: Any, entry: Any) -> _DebugEntry:
     return _DebugEntry(key, id(entry), live, value if live else None, entry.expunged, False)
 
 
-class SyncMap(_core.SyncMapBase, ItemsBackedMap[K, V]):  # type: ignore[misc]
+class SyncMap(_core.SyncMapBase, _Deletes[K, V], ItemsBackedMap[K, V]):  # type: ignore[misc]
     """Go's sync.Map: safe for concurrent use without further locking; every operation linearizable.
 
     The C core's variant of ftmap._sync.SyncMap, with the same API and semantics
@@ -345,10 +345,6 @@ class SyncMap(_core.SyncMapBase, ItemsBackedMap[K, V]):  # type: ignore[misc]
         previous = entry.delete()
         return (None, False) if previous is _DELETED else (previous, True)
 
-    def delete(self, key: K) -> None:
-        """Delete key, if present."""
-        self.load_and_delete(key)
-
     def compare_and_swap(self, key: K, old: V, new: V) -> bool:
         """Replace key's value with new if it is old (identity, then ==); True if swapped.
 
@@ -540,19 +536,6 @@ class SyncMap(_core.SyncMapBase, ItemsBackedMap[K, V]):  # type: ignore[misc]
         return found
 
     # -- the MutableMapping protocol (m[k], m[k] = v, del m[k], in, get: the C base) ----
-
-    @overload
-    def pop(self, key: K, /) -> V: ...
-    @overload
-    def pop(self, key: K, default: V | D, /) -> V | D: ...
-
-    def pop(self, key: K, default: object = _MISSING, /) -> object:
-        value, loaded = self.load_and_delete(key)
-        if loaded:
-            return value
-        if default is _MISSING:
-            raise KeyError(key)
-        return default
 
     def popitem(self) -> tuple[K, V]:
         """Remove and return some (key, value); KeyError if the map is empty."""
