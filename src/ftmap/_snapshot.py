@@ -164,6 +164,12 @@ class FrozenDict(dict[K, V]):
                     return default
                 raise
 
+        def __init_subclass__(cls, **kwargs: Any) -> None:
+            super().__init_subclass__(**kwargs)
+            if hasattr(cls, "__missing__") and "get" not in cls.__dict__:
+                # A subscript would call __missing__, which dict.get never does.
+                cls.get = dict.get  # type: ignore[assignment, method-assign]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({dict.__repr__(self)})"
 

@@ -145,6 +145,16 @@ def test_a_frozen_dicts_get_answers_as_dict_get(args: tuple[Any, ...]) -> None:
         m.get("a", default=1)
 
 
+def test_a_frozen_dict_subclass_with_missing_keeps_dict_gets_answer() -> None:
+    class Defaulting(FrozenDict[str, int]):
+        def __missing__(self, key: str) -> int:
+            return -1
+
+    d = Defaulting(a=1)
+    assert d["zz"] == -1  # a subscript calls __missing__ ...
+    assert d.get("zz") is None and d.get("zz", 5) == 5 and d.get("a") == 1  # ... dict.get never
+
+
 def test_history_and_rollback() -> None:
     m: SnapshotMap[str, int] = SnapshotMap(a=1, history=3)
     for i in range(2, 6):
