@@ -114,6 +114,27 @@ class SyncMap(_core.SyncMapBase, _Deletes[K, V], ItemsBackedMap[K, V]):  # type:
         self._promotions = 0
         if other or kwargs:
             self.update(other, **kwargs)
+            self._promote_initial()
+
+    def _promote_initial(self) -> None:
+        """The constructor's keys become the read map, as a range would make them: one promotion.
+
+        Go's Store never promotes, so a map filled by stores keeps every key in its dirty map
+        until misses promote it; a map built from a mapping would then send every store to an
+        existing key through the mutex (1.9 us a store in C instead of 0.06) until reads
+        promoted it. The constructor promotes once instead (stats() counts it).
+        """
+        mu = self._mu
+        try:
+            mu.acquire()
+            dirty = self._dirty
+            if dirty is not None:
+                self._promote_locked(dirty)
+            mu.release()
+        except BaseException:
+            if mu._is_owned():
+                mu.release()
+            raise
 
     # -- the mutex-held helpers, as in Go ---------------------------------------
 

@@ -215,6 +215,21 @@ def test_read_hit_and_store_to_a_promoted_key_take_no_mutex() -> None:
     assert m["a"] == 3
 
 
+def test_a_map_built_from_a_mapping_starts_promoted() -> None:
+    # Go's Store never promotes: built key by key, every key would stay in the dirty map and
+    # every store to it would take the mutex until misses promoted it. The constructor
+    # promotes once, so stores to the keys it was given take no mutex from the start.
+    assert SyncMap().stats() == SyncMapStats(promotions=0, misses=0, read_size=0, dirty_size=0, amended=False)
+    m: SyncMap[str, int] = SyncMap({"a": 1}, b=2)
+    assert m.stats() == SyncMapStats(promotions=1, misses=0, read_size=2, dirty_size=0, amended=False)
+    with m._mu:  # held by this thread: a store that needed it would block
+        within(10, lambda: m.store("a", 3))
+        assert within(10, lambda: m.swap("b", 4)) == (2, True)
+    assert m == {"a": 3, "b": 4}
+    m["c"] = 5  # a new key: the dirty map, as in Go
+    assert m.stats() == SyncMapStats(promotions=1, misses=0, read_size=2, dirty_size=3, amended=True)
+
+
 def test_a_read_hit_writes_no_shared_state() -> None:
     m = promoted(a=1)
     before = (m.stats(), m._read, m._dirty)
