@@ -35,7 +35,16 @@ from typing import Any, TypeVar, overload
 from . import _impl
 from ._base import ItemsBackedMap, dict_get
 from ._errors import RecursiveUpdateError
-from ._sync import SyncMapStats, _DebugEntry, _DebugState, _Deletes, _HandleWholeMap, _Missing, _OwnedLock
+from ._sync import (
+    SyncMapStats,
+    _DebugEntry,
+    _DebugState,
+    _Deletes,
+    _HandleWholeMap,
+    _Missing,
+    _OwnedLock,
+    _promote_initial,
+)
 
 __all__ = ["SyncMap", "SyncMapHandle"]
 
@@ -114,27 +123,7 @@ class SyncMap(_core.SyncMapBase, _Deletes[K, V], ItemsBackedMap[K, V]):  # type:
         self._promotions = 0
         if other or kwargs:
             self.update(other, **kwargs)
-            self._promote_initial()
-
-    def _promote_initial(self) -> None:
-        """The constructor's keys become the read map, as a range would make them: one promotion.
-
-        Go's Store never promotes, so a map filled by stores keeps every key in its dirty map
-        until misses promote it; a map built from a mapping would then send every store to an
-        existing key through the mutex (1.9 us a store in C instead of 0.06) until reads
-        promoted it. The constructor promotes once instead (stats() counts it).
-        """
-        mu = self._mu
-        try:
-            mu.acquire()
-            dirty = self._dirty
-            if dirty is not None:
-                self._promote_locked(dirty)
-            mu.release()
-        except BaseException:
-            if mu._is_owned():
-                mu.release()
-            raise
+            _promote_initial(self)
 
     # -- the mutex-held helpers, as in Go ---------------------------------------
 
