@@ -7,7 +7,7 @@ import sysconfig
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, MutableMapping, ValuesView
 from typing import Any, Protocol, TypeVar, cast, overload
 
-__all__ = ["DICT_GET_PARKS", "ItemsBackedMap", "dict_get", "same_value"]
+__all__ = ["DICT_GET_PARKS", "ItemsBackedMap", "dict_get", "is_dict_miss", "same_value"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -38,11 +38,23 @@ def _get_by_subscript(d: dict[Any, Any], key: Any, default: Any = None, /) -> An
     try:
         return d[key]
     except KeyError as error:
-        # No local may hold the traceback: it holds this frame, a cycle that would keep d and
-        # key (and what they hold) alive until the next garbage collection.
-        if error.__traceback__.tb_next is None and error.args and error.args[0] is key:  # type: ignore[union-attr]
+        if is_dict_miss(error, key):
             return default
         raise
+
+
+def is_dict_miss(error: KeyError, key: object) -> bool:
+    """Whether error, caught right around a C-level ``d[key]`` (or a bound ``d.__getitem__``
+    call), is dict's own miss rather than a KeyError raised by key's own __hash__ or __eq__.
+
+    dict's miss is raised in C: the traceback ends in the catching frame (no frame follows it)
+    and the exception carries key itself. A Python hook's KeyError has the hook's frame after
+    the catching one. Call it from the except clause; never keep the traceback in a local of
+    the catching frame (it holds that frame: a cycle that would keep the dict and key alive
+    until the next garbage collection).
+    """
+    traceback = error.__traceback__
+    return traceback is not None and traceback.tb_next is None and bool(error.args) and error.args[0] is key
 
 
 class _DictGet(Protocol):

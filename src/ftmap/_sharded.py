@@ -73,7 +73,7 @@ from collections.abc import (
 from typing import Any, TypeVar, overload
 
 from . import _impl
-from ._base import ItemsBackedMap, dict_get, same_value
+from ._base import ItemsBackedMap, dict_get, is_dict_miss, same_value
 from ._errors import RecursiveUpdateError, _recursive_update
 from ._fnv import MASK_64 as _MASK_64
 from ._fnv import OFFSET_64 as _OFFSET_64
@@ -890,10 +890,12 @@ class ShardedMapHandle(_HandleWholeMap[K, V]):
             index = self._hasher(key) & self._mask
         try:
             return self._getitem[index](key)
-        except KeyError:
-            # A miss (or a key's __eq__ raising KeyError): dict.get gives the map's answer, a
-            # second read linearized at its own moment.
-            return dict_get(self._dicts[index], key, default)
+        except KeyError as error:
+            # dict's own miss, linearized at this read; a KeyError of the key's own
+            # __hash__/__eq__ is the caller's, as through the map.
+            if is_dict_miss(error, key):
+                return default
+            raise
 
     def __contains__(self, key: object) -> bool:
         if self._hasher is None:

@@ -84,7 +84,7 @@ from itertools import compress
 from typing import Any, NoReturn, TypeVar
 
 from . import _impl
-from ._base import DICT_GET_PARKS, dict_get
+from ._base import DICT_GET_PARKS, dict_get, is_dict_miss
 from ._errors import RecursiveUpdateError
 from ._published import Follower, Published
 
@@ -158,9 +158,7 @@ class FrozenDict(dict[K, V]):
             try:
                 return self[key]
             except KeyError as error:
-                # As ftmap._base.dict_get: dict's own miss (raised in C, carrying key itself)
-                # is a miss; a KeyError from the key's own __hash__/__eq__ propagates.
-                if error.__traceback__.tb_next is None and error.args and error.args[0] is key:  # type: ignore[union-attr]
+                if is_dict_miss(error, key):  # not a KeyError of the key's own __hash__/__eq__
                     return default
                 raise
 
@@ -976,11 +974,11 @@ class _Following(Follower[Any]):
             # and __eq__ run exactly as often as in dict.get).
             return cell[2](key)
         except KeyError as error:
-            # Raised by the lookup itself (no Python frame under this one): the key is
-            # missing. Raised by the key's own __hash__/__eq__ (a frame of theirs): theirs.
-            if error.__traceback__.tb_next is not None:  # type: ignore[union-attr]
-                raise
-            return default
+            # Raised by the lookup itself: the key is missing. Raised by the key's own
+            # __hash__/__eq__: theirs.
+            if is_dict_miss(error, key):
+                return default
+            raise
 
     def __contains__(self, key: object) -> bool:
         cell = self.cell
