@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 import sysconfig
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, MutableMapping, ValuesView
-from typing import Any, Protocol, TypeVar, cast, overload
+from typing import Any, Protocol, Self, TypeVar, cast, overload
 
-__all__ = ["DICT_GET_PARKS", "ItemsBackedMap", "dict_get", "is_dict_miss", "same_value"]
+__all__ = ["DICT_GET_PARKS", "HandleOperators", "ItemsBackedMap", "dict_get", "is_dict_miss", "same_value"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -71,6 +71,25 @@ dict_get = cast(_DictGet, _get_by_subscript if DICT_GET_PARKS else dict.get)
 def same_value(a: object, b: object) -> bool:
     """How ftmap compares values (compare_and_swap, replace, remove ...): identity first, then ==."""
     return a is b or bool(a == b)
+
+
+class HandleOperators:
+    """A per-thread handle's ``|``, ``|=`` and reflected ``|``: its map's (UnsafeMap and
+    ShardedMap handles, pure and C). ``h |= x`` updates the map and leaves ``h`` the handle."""
+
+    __slots__ = ()
+
+    map: Any
+
+    def __ior__(self, other: Any) -> Self:
+        self.map.update(other)
+        return self
+
+    def __or__(self, other: Any) -> Any:
+        return self.map | other
+
+    def __ror__(self, other: Any) -> Any:
+        return other | self.map
 
 
 class ItemsBackedMap(MutableMapping[K, V]):

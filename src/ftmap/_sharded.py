@@ -73,7 +73,7 @@ from collections.abc import (
 from typing import Any, TypeVar, overload
 
 from . import _impl
-from ._base import ItemsBackedMap, dict_get, is_dict_miss, same_value
+from ._base import HandleOperators, ItemsBackedMap, dict_get, is_dict_miss, same_value
 from ._errors import RecursiveUpdateError, _recursive_update
 from ._fnv import MASK_64 as _MASK_64
 from ._fnv import OFFSET_64 as _OFFSET_64
@@ -689,7 +689,7 @@ class ShardedMap(ItemsBackedMap[K, V]):
         }
 
 
-class _HandleWholeMap(MutableMapping[K, V]):
+class _HandleWholeMap(HandleOperators, MutableMapping[K, V]):
     """The parts of a ShardedMap handle that go to its map: whole-map operations, iteration,
     the views, ``==``, ``repr``. Shared by the pure handle and the C one (ftmap._sharded_c).
     Subclasses provide ``map`` and the single-key API."""
@@ -727,16 +727,6 @@ class _HandleWholeMap(MutableMapping[K, V]):
     def update(self, other: Any = (), /, **kwargs: V) -> None:
         """The map's update."""
         self.map.update(other, **kwargs)
-
-    def __ior__(self, other: Any) -> Any:
-        self.map.update(other)
-        return self
-
-    def __or__(self, other: Any) -> Any:
-        return self.map | other
-
-    def __ror__(self, other: Any) -> Any:
-        return other | self.map
 
     def clear(self) -> None:
         """The map's clear."""

@@ -60,10 +60,10 @@ from collections.abc import (
     ValuesView,
 )
 from types import MappingProxyType
-from typing import Any, Generic, Self, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 from . import _impl
-from ._base import dict_get
+from ._base import HandleOperators, dict_get
 from ._errors import (
     NO_KEY,
     ConcurrentIterationError,
@@ -552,10 +552,10 @@ def _reversed_items(data: dict[K, V]) -> Iterator[tuple[K, V]]:
     return reversed(data.items())
 
 
-class _ToTheMap(Generic[K, V]):
+class _ToTheMap(HandleOperators, Generic[K, V]):
     """The part of an UnsafeMapHandle, pure or C (ftmap._unsafe_c), that is the map's own:
-    popitem, the views, ==, repr, update, clear, copy and |, each called on ``self.map``;
-    and the refusal to pickle. Listed before MutableMapping in both handles' bases, so that
+    popitem, the views, ==, repr, update, clear, copy and (from HandleOperators) |, each called
+    on ``self.map``; and the refusal to pickle. Listed before MutableMapping in both handles' bases, so that
     these, not MutableMapping's generic versions, are what a handle runs."""
 
     __slots__ = ()
@@ -596,16 +596,6 @@ class _ToTheMap(Generic[K, V]):
     def copy(self) -> UnsafeMap[K, V]:
         """A new UnsafeMap (not a handle) with the same content."""
         return self.map.copy()
-
-    def __ior__(self, other: Any) -> Self:
-        self.map.update(other)
-        return self
-
-    def __or__(self, other: Any) -> Any:
-        return self.map | other
-
-    def __ror__(self, other: Any) -> Any:
-        return other | self.map
 
     def __reduce__(self) -> Any:
         raise TypeError(f"cannot pickle {type(self).__name__}: a per-thread handle (pickle its map)")
