@@ -138,7 +138,7 @@
     X(PublishedRefType)                                                                            \
     X(PayloadType)                                                                                 \
     /* the map types: one line each, added by the per-map C files */                               \
-    X(SyncMapBaseType) X(SyncEntryType) X(SyncDeleted) X(SyncExpunged)                             \
+    X(SyncMapBaseType) X(SyncEntryType) X(SyncDeleted) X(SyncExpunged) X(SyncReadType)            \
     X(UnsafeMapBaseType) X(UnsafeMapIteratorType)                                                  \
     X(ShardedMapBaseType)                                                                          \
     X(SnapshotMapType) X(SnapshotReaderType)                                                       \

@@ -2,10 +2,12 @@
 
 Two kinds of reference are replaced while readers load them without a lock (csrc/syncmap.c):
 an entry's value (every store, swap, compare_and_swap, delete) and the published read map
-(every dirty-map build, promotion and clear). Writers replace both as fast as they can with
+(every dirty-map build, promotion and clear), with the C lookup table built for it, which
+per-thread handles cache. Writers replace both as fast as they can with
 fresh ``_Payload`` objects (whose deallocator poisons them) and churn the allocator with
 ``bytes`` of the same size class, so that freed blocks come back as other objects; readers go
-through every lock-free read path (``m[k]``, ``get``, ``load``, ``in``, iteration, ``_read``)
+through every lock-free read path (``m[k]``, ``get``, ``load``, ``in``, the same through a
+handle of their own, iteration, ``_read``)
 and check that everything they get is a live ``_Payload`` with intact contents, or absent.
 A plain load-then-incref of either slot fails this (tests/stress/test_core_ref_stress.py shows
 the same harness catching the naive reader of an ftmap_ref within a fraction of a second).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from typing import Any
 
 import pytest
@@ -35,8 +38,10 @@ SCALE = 50 if core is not None and core.build_info.get("sanitizer") else 1
 def test_replaced_values_and_read_maps_are_never_used_after_free() -> None:
     payload = core._Payload  # type: ignore[union-attr]
     m: Any = VARIANTS["c"]({k: payload(0) for k in KEYS})
+    assert m._read_table_size == len(KEYS)  # the reads below probe the C read table
     serials = iter(range(1, 1 << 62))
     churn: list[bytes] = []
+    local = threading.local()
 
     def fresh() -> Any:
         return payload(next(serials))
@@ -71,10 +76,16 @@ def test_replaced_values_and_read_maps_are_never_used_after_free() -> None:
 
     def read() -> tuple[int, list[str]]:
         bad: list[str] = []
+        h = getattr(local, "handle", None)
+        if h is None:
+            h = local.handle = m.handle()  # this reader's own: its cache of the read map
         for k in KEYS:
             with contextlib.suppress(KeyError):
                 check(m[k], bad)
+            with contextlib.suppress(KeyError):
+                check(h[k], bad)
             check(m.get(k), bad)
+            check(h.get(k), bad)
             value, loaded = m.load(k)
             check(value, bad)
             if loaded and value is None:
@@ -85,7 +96,9 @@ def test_replaced_values_and_read_maps_are_never_used_after_free() -> None:
         r = m._read
         if type(r) is not tuple or type(r[0]) is not dict:
             bad.append(f"bad read map: {type(r).__name__}")
-        return 4 * len(KEYS) + 1, bad
+        if type(m._read_table_size) is not int:
+            bad.append(f"no read table: {m._read_table_size!r}")
+        return 6 * len(KEYS) + 1, bad
 
     result = hammer(
         lambda: replace_values() + replace_read_maps(),
