@@ -503,8 +503,10 @@ class SyncMap(_Deletes[K, V], ItemsBackedMap[K, V]):
         # there would skip the `except` that undoes the expunge marks.
         deleted = [(key, entry) for key, entry in m.items() if entry.value is _DELETED]
         # A copy reuses the stored hashes: no __hash__ runs (an __eq__ only between two
-        # keys of one full hash, and if it raises, nothing has changed yet).
-        dirty = m.copy()
+        # keys of one full hash, and if it raises, nothing has changed yet). dict(m), not
+        # m.copy(): on free-threaded 3.13 the copy of a dict with many deleted slots (a
+        # promoted dirty map, purged) merges under a nested critical section and parks.
+        dirty = dict(m)
         pub = self._pub
         try:
             for key, entry in deleted:

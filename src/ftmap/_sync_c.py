@@ -150,7 +150,7 @@ class SyncMap(_core.SyncMapBase, _Deletes[K, V], ItemsBackedMap[K, V]):  # type:
         m = read[0]
         # No `if` ends the body of the loop that changes things (python/cpython#130279).
         deleted = [(key, entry) for key, entry in m.items() if entry.value is _DELETED]
-        dirty = m.copy()
+        dirty = dict(m)  # not m.copy(): see ftmap._sync's _build_dirty_locked
         try:
             for key, entry in deleted:
                 _purge_locked(dirty, key, entry)
