@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import types
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,9 @@ from ftmap import _impl
 from ftmap.bench import WORKLOADS, Cell, Contender, GilReenabledError, Report, Settings, main, measure
 from ftmap.bench import _contenders as contenders_module
 from ftmap.bench._contenders import available_contenders, builtin_contenders
-from ftmap.bench._measure import _Plan, percentile
+from ftmap.bench._measure import _Plan, _Worker, percentile
 from ftmap.bench._report import environment, write_chart
-from ftmap.bench._workloads import compile_batch, make_keys, render_batch
+from ftmap.bench._workloads import compile_batch, make_keys, own_shard_keys, render_batch
 from ftmap.bench.scaling import _bar, _pairs
 from ftmap.bench.scaling import main as scaling_main
 from tests.conftest import FREE_THREADED
@@ -290,8 +291,32 @@ def test_the_scaling_bars_are_issue_12s() -> None:
     assert _bar("read-mostly", "SnapshotMap [py] handles", 2) == 1.6
     assert _bar("disjoint-writes", "ShardedMap(32) handles", 2) == 1.6
     assert _bar("disjoint-writes", "SyncMap handles", 2) is None  # writers serialise by design
+    assert _bar("shard-writes", "ShardedMap(32) [py] handles", 2) == 1.6
+    assert _bar("shard-writes", "SnapshotMap handles", 2) is None
     assert _bar("read-only", "UnsafeMap handles", 16) == 12.0
     assert _bar("balanced", "SyncMap handles", 2) is None
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 4, 8, 16, 32, 33])
+def test_shard_writes_gives_each_thread_its_own_keys_and_for_sharded_maps_its_own_shards(
+    threads: int,
+) -> None:
+    keys = make_keys(1000)
+    parts = [own_shard_keys(keys, i, threads) for i in range(threads)]
+    assert all(parts), "a thread without keys"
+    assert sorted(k for part in parts for k in part) == sorted(keys)  # a partition
+    if threads > 32:
+        return  # past 32 threads: disjoint keys, shared shards (documented)
+    for name, variant in _impl.variants("ShardedMap").items():
+        for shards in (16, 32, 64):
+            if threads & (threads - 1) == 0 or shards == 32:  # powers of two, or the 32 it deals
+                if threads > shards:
+                    continue
+                m = variant(shards=shards)
+                owned = [{m.shard_index(k) for k in part} for part in parts]
+                for i in range(threads):
+                    for j in range(i):
+                        assert not owned[i] & owned[j], (name, shards, threads, i, j)
 
 
 @pytest.mark.parallel_threads(1)  # runs threads of its own
@@ -309,6 +334,13 @@ def test_the_scaling_script_gives_a_verdict_for_every_handle_row(capsys: pytest.
         assert row.rstrip().endswith(("| PASS |", "| FAIL |")), row
         one = next(line for line in out.splitlines() if line.startswith(f"| {direct.name} | read-only |"))
         assert one.rstrip().endswith(("| PASS |", "| FAIL |")), one
+        shard = next(
+            line for line in out.splitlines() if line.startswith(f"| {handle.name} | shard-writes | 2 |")
+        )
+        sharded = handle.name.startswith("ShardedMap")
+        assert shard.rstrip().endswith(
+            ("| PASS |", "| FAIL |") if sharded else ("| (no bar) |", "misuse |")
+        ), shard
 
 
 def test_the_values_setting_picks_one_int_per_key_or_the_immortal_small_ints() -> None:
@@ -324,6 +356,20 @@ def test_the_values_setting_picks_one_int_per_key_or_the_immortal_small_ints() -
     assert Settings().values == "distinct"  # the matrix's content, unchanged
     with pytest.raises(ValueError, match="values must be one of distinct, small"):
         _Plan(read_only, BY_NAME["dict"], keys, 1, Settings(values="shared"))
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="immortal objects: 3.12+")
+@pytest.mark.parametrize("kind", ["distinct", "small"])
+def test_what_the_workers_write_is_of_the_contents_kind(kind: str) -> None:
+    # "small" is the map's own scaling only if the writes bring in no counted value either.
+    read_mostly = next(w for w in WORKLOADS if w.name == "read-mostly")
+    plan = _Plan(read_mostly, BY_NAME["dict"], make_keys(300), 2, Settings(values=kind))
+    workers = [_Worker(i, plan, {}, threading.Lock()) for i in range(2)]
+    for worker in workers:
+        worker._settle_on_this_thread()
+    written = [w.value for w in workers] + [v for content in plan.contents for v in content.values()]
+    immortal = [sys.getrefcount(v) > 2**30 for v in written]
+    assert all(immortal) if kind == "small" else not any(immortal)
 
 
 @pytest.mark.parallel_threads(1)  # runs threads of its own

@@ -46,7 +46,8 @@ class Settings:
     # shared reference count (on 3.13t), whatever the map. "small": key i holds i % 256, the
     # small ints, immortal on 3.13+: a read writes no count of the value, and what remains
     # is the map's own cost (issue 12 counts the handle's, "beyond what the returned value
-    # itself needs").
+    # itself needs"). The values the workers write, and the config workload's reloads, are of
+    # the same kind (_Worker.value, _Plan.contents).
     values: str = "distinct"
 
 
@@ -103,6 +104,7 @@ class _Worker:
         self.contents = plan.contents
         self.batch_length = plan.batch_length
         self.samples_per_batch = plan.settings.samples_per_batch
+        self.small_values = plan.settings.values == "small"
         self.reloader = index == 0
         # The reloading thread's own share of the reads between reloads.
         self.reads_per_reload = READS_PER_KEY_PER_RELOAD * len(plan.content) // plan.threads
@@ -116,7 +118,10 @@ class _Worker:
 
     def _settle_on_this_thread(self) -> None:
         self.program = list(self.program)
-        self.value = int(f"{1_000_000 + self.index}")  # a new int object, owned by this thread
+        # What this thread writes. "distinct": a new int object this thread owns, so once written,
+        # other threads' reads of it write its shared count (as reads of the content do);
+        # "small": an immortal small int, as the content, so writes bring in no counted value.
+        self.value = self.index % 256 if self.small_values else int(f"{1_000_000 + self.index}")
         self.view = self.contender.view(self.m) if self.contender.view else self.m
         self.ready = True
 
@@ -179,10 +184,10 @@ class _Plan:
             raise ValueError(f"values must be one of {', '.join(VALUE_KINDS)}, not {settings.values!r}")
         small = settings.values == "small"
         self.content = {k: i % 256 if small else i for i, k in enumerate(keys)}
-        # Two whole new contents, alternated by the config workload's reloads.
+        # Two whole new contents, alternated by the config workload's reloads (of the same kind).
         self.contents = (
-            {k: i + 1_000_000 for i, k in enumerate(keys)},
-            {k: i + 2_000_000 for i, k in enumerate(keys)},
+            {k: (i + 1) % 256 if small else i + 1_000_000 for i, k in enumerate(keys)},
+            {k: (i + 2) % 256 if small else i + 2_000_000 for i, k in enumerate(keys)},
         )
         self.batch_length = len(self.programs[0])
 

@@ -23,9 +23,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._fnv import shard_of
 from ._contenders import SNIPPET_GLOBALS, Contender
 
-__all__ = ["READS_PER_KEY_PER_RELOAD", "WORKLOADS", "Workload", "compile_batch", "make_keys", "render_batch"]
+__all__ = [
+    "READS_PER_KEY_PER_RELOAD",
+    "SHARD_WRITES",
+    "WORKLOADS",
+    "Workload",
+    "compile_batch",
+    "make_keys",
+    "render_batch",
+]
 
 BATCH_ARGS = "m, view, lock, prog, v, new, size, reload, samples, clock"
 PROGRAM_LENGTH = 1024  # operations in a thread's program; batches walk it round and round
@@ -56,6 +65,24 @@ def _mix(write_share: float) -> Program:
 
 def _own_keys(keys: Sequence[Any], index: int, threads: int, rng: random.Random) -> list[Any]:
     own = keys[index::threads]
+    return [rng.choice(own) for _ in range(PROGRAM_LENGTH)]
+
+
+def own_shard_keys(keys: Sequence[Any], index: int, threads: int) -> list[Any]:
+    """The keys whose ShardedMap shard lies in this thread's own range of the 32 shards.
+
+    Thread i of n owns the shards s of 32 with s * n // 32 == i (shard_of(key, 5): the default
+    placement of ShardedMap(32) in both implementations). Shards of 16 and 64 are the top 4 and
+    6 bits of the same hash, so for n a power of two up to 16 no two threads write one shard
+    of ShardedMap(16), (32) or (64) either. Past 32 threads some would own no shard: then every
+    thread takes keys[i::n] (disjoint keys, shared shards).
+    """
+    own = [k for k in keys if shard_of(k, 5) * threads // 32 == index] if threads <= 32 else []
+    return own or list(keys[index::threads])
+
+
+def _own_shard_keys(keys: Sequence[Any], index: int, threads: int, rng: random.Random) -> list[Any]:
+    own = own_shard_keys(keys, index, threads)
     return [rng.choice(own) for _ in range(PROGRAM_LENGTH)]
 
 
@@ -160,6 +187,20 @@ WORKLOADS: list[Workload] = [
         max_batch_seconds=None,
     ),
 ]
+
+# Not in the matrix: issue 12's ShardedMap write bar is about writes to different shards
+# ("must not contend on anything shared but the shard's own lock"), which disjoint-writes'
+# keys are not (each thread's keys spread over every shard). python -m ftmap.bench.scaling
+# runs it beside disjoint-writes; for any other map it is just another disjoint partition.
+SHARD_WRITES = Workload(
+    "shard-writes",
+    "every thread overwrites only keys of its own ShardedMap shards",
+    _own_shard_keys,
+    _ONE % "write",
+    _ONE % "write",
+    frozenset({"write"}),
+    writes=True,
+)
 
 
 def render_batch(workload: Workload, contender: Contender, *, sampled: bool = False) -> str:
