@@ -1,18 +1,41 @@
-"""What the bar scripts share: the keys, the interpreter line and the timed thread loop."""
+"""What the bar scripts share: the keys, the interpreter line, the timed thread loop, in_thread."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from ftmap.bench._report import environment, interpreter_line
 from ftmap.testing import run_threads
 
 KEYS = [sys.intern(f"key-{i}") for i in range(1000)]
 ROUNDS = 100
+T = TypeVar("T")
+
+
+def in_thread(fn: Callable[[], T], timeout: float = 600) -> T:
+    """fn() run on a new thread (one that made none of what fn measures); its exception re-raised."""
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(fn())
+        except BaseException as error:  # handed to the caller below
+            errors.append(error)
+
+    worker = threading.Thread(target=target)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise SystemExit(f"the other thread did not finish in {timeout:.0f} s")
+    if errors:
+        raise errors[0]
+    return result[0]
 
 
 def start(doc: str | None, default_repeat: int = 5) -> int:

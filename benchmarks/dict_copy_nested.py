@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from collections.abc import Callable
+
+from _common import in_thread
 
 ROUNDS = 2000
 
@@ -56,16 +57,6 @@ def calls(ds: dict[str, dict[int, list[bool]]], repeat: int) -> dict[str, float]
     return out
 
 
-def in_thread(fn: Callable[[], dict[str, float]]) -> dict[str, float]:
-    result: dict[str, float] = {}
-    worker = threading.Thread(target=lambda: result.update(fn()))
-    worker.start()
-    worker.join(600)
-    if worker.is_alive():
-        raise SystemExit("the other thread did not finish in 600 s")
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -75,7 +66,7 @@ def main() -> None:
     for size in (1, 8, 100):
         ds = dicts(size)
         own = calls(ds, repeat)
-        other = in_thread(lambda ds=ds: calls(ds, repeat))  # type: ignore[misc]
+        other = in_thread(lambda ds=ds: calls(ds, repeat))
         print(f"\n{size} live entries: {'call':24} {'owner ns':>9} {'other thread ns':>16}")
         for name in own:
             print(f"{'':18}{name:24} {own[name]:9.0f} {other[name]:16.0f}")

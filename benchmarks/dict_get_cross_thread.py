@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from _common import in_thread
 
 from ftmap import _impl
 from ftmap._base import DICT_GET_PARKS, dict_get
@@ -63,16 +64,6 @@ def lookups(dicts: dict[str, dict[Any, Any]], repeat: int) -> dict[str, float]:
             if name != "d[k]":
                 out[f"{kind} {name} miss"] = per_lookup(fn, misses, repeat)
     return out
-
-
-def in_thread(fn: Callable[[], dict[str, float]]) -> dict[str, float]:
-    result: dict[str, float] = {}
-    worker = threading.Thread(target=lambda: result.update(fn()))
-    worker.start()
-    worker.join(600)
-    if worker.is_alive():
-        raise SystemExit("the other thread did not finish in 600 s")
-    return result
 
 
 def main() -> None:
