@@ -376,21 +376,22 @@ static PyType_Spec entry_spec = {
  * valid while the caller holds the _SyncRead (the map's ftmap_ref_load reference, or a handle's
  * cache under its busy flag): a hit touches the entry's value slot and nothing else of the entry.
  *
- * Same results as the dict's lookup, in the same order of user calls: the probe key's hash is
- * computed once (PyObject_Hash, as the dict does); a stored key identical to it matches at once;
- * one with an equal hash is compared as the dict compares, PyObject_RichCompareBool(stored, key)
- * (stored key's __eq__ first, then the reflected one), and an exception from it propagates. The
- * stored hashes are the dict's own: the table is built only when every key's hash runs no user
- * code (hash_is_pure: str, int, float, complex, bytes, bool, None, frozenset, identity-hashed
- * objects, tuples of those), so hashing it again at publication calls nobody and returns what
- * the dict stored. A read map with any other key (a key class with its own __hash__, an enum),
- * a value that is not an exact entry (only through the private _read, by hand), more than 2**30
- * keys, or no memory for the table is published without one, and lookups go to the dict as
- * before (PyDict_GetItemRef: a new reference to the entry), with identical results.
- *
- * Which of two stored keys is found when a probe key compares equal to both (possible only with
- * an __eq__ that is not an equivalence, since the dict holds one key per equivalence class) can
- * differ from the dict's choice; so can the dict's own choice after a resize.
+ * Same results as the dict's lookup, with the same user calls: the probe key's hash is computed
+ * once (PyObject_Hash, as the dict does); a stored key identical to it matches at once; one with
+ * an equal hash is compared as the dict compares, PyObject_RichCompareBool(stored, key) (stored
+ * key's __eq__ first, then the reflected one), and an exception from it propagates. The stored
+ * hashes are the dict's own: the table is built only when every key's hash runs no user code
+ * (hash_is_pure: str, int, float, complex, bytes, bool, None, frozenset, identity-hashed objects,
+ * tuples of those), so hashing it again at publication calls nobody and returns what the dict
+ * stored. And it is built only when no two stored keys have the same hash (-1 and -2 do; so do
+ * k and k + 2**61 - 1): then a probe meets at most one stored key of its hash, exactly as in the
+ * dict, whose order among several such keys depends on its history of deletions and could not
+ * be reproduced. A read map with any other key (a key class with its own __hash__, an enum), two
+ * keys of one hash, a value that is not an exact entry (only through the private _read, by
+ * hand), more than 2**30 keys, or no memory for the table is published without one, and lookups
+ * go to the dict as before (PyDict_GetItemRef: a new reference to the entry), identical results.
+ * (A class whose __hash__ is reassigned while its instances are stored breaks the dict's own
+ * lookups already; hash_is_pure reads tp_hash at publication and is not meant to survive it.)
  *
  * Layout: CPython's compact dict: `indices` (capacity = a power of two with at most 2/3 used,
  * int32 positions, -1 empty) and `slots` in the dict's iteration order; probing as dictobject.c
@@ -456,21 +457,30 @@ read_table_free(SyncRead *r)
     PyMem_Free(slots);
 }
 
-static void
+/* Insert slot pos into the index; 0 if another stored key has the very same hash (then the
+ * table is not used: see the comment above SyncRead). Two equal hashes probe the same bucket
+ * sequence, so the second insertion passes the first key's bucket on its way. */
+static int
 read_table_insert(SyncRead *r, Py_ssize_t pos)
 {
-    size_t perturb = (size_t)r->slots[pos].hash;
+    Py_hash_t hash = r->slots[pos].hash;
+    size_t perturb = (size_t)hash;
     size_t i = perturb & r->mask;
     while (r->indices[i] >= 0) {
+        if (r->slots[r->indices[i]].hash == hash) {
+            return 0;
+        }
         perturb >>= 5;
         i = (i * 5 + perturb + 1) & r->mask;
     }
     r->indices[i] = (int32_t)pos;
+    return 1;
 }
 
 /* Build r's table from m (an exact dict nobody changes: the mutex holder's, being published).
- * Leaves r without a table (size -1) when a key's hash is not pure, a value is not an exact
- * entry, m is too large, or memory is short: never fails, never runs user code. */
+ * Leaves r without a table (size -1) when a key's hash is not pure, two keys have one hash, a
+ * value is not an exact entry, m is too large, or memory is short: never fails, never runs user
+ * code. */
 static void
 read_table_build_lock_held(SyncRead *r, PyObject *m, PyTypeObject *entry_type)
 {
@@ -510,8 +520,11 @@ read_table_build_lock_held(SyncRead *r, PyObject *m, PyTypeObject *entry_type)
         slot->hash = hash;
         slot->key = Py_NewRef(key);
         slot->entry = (SyncEntry *)Py_NewRef(value);
-        read_table_insert(r, r->size);
-        r->size++;
+        r->size++; /* owned by the table from here: read_table_free releases it */
+        if (!read_table_insert(r, r->size - 1)) {
+            read_table_free(r);
+            return;
+        }
     }
 }
 

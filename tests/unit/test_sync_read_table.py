@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import gc
 import weakref
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -135,10 +135,11 @@ def test_the_table_follows_every_publication() -> None:
     assert m._read_table_size == 100
 
 
-def test_colliding_hashes_are_all_found_and_a_miss_ends_its_chain() -> None:
-    # 200 keys in 8 hash classes: long probe chains through the same buckets.
-    keys = [k * M + c for c in range(8) for k in range(1, 26)]
-    assert len({hash(k) for k in keys}) == 8
+def test_colliding_buckets_are_all_found_and_a_miss_ends_its_chain() -> None:
+    # 200 keys in 8 classes of equal low 20 bits (distinct hashes): each class starts in one
+    # bucket and probes through the others' (the table has 512 buckets).
+    keys = [c + (k << 20) for c in range(8) for k in range(1, 26)]
+    assert len({hash(k) for k in keys}) == len(keys)
     m = c_map({k: str(k) for k in keys})
     h = m.handle()
     assert m._read_table_size == len(keys)
@@ -147,9 +148,44 @@ def test_colliding_hashes_are_all_found_and_a_miss_ends_its_chain() -> None:
         assert twin is not k
         assert m[twin] == h[twin] == str(k)
     for c in range(8):
-        absent = 30 * M + c  # same hash as 25 stored keys, equal to none
+        absent = c + (30 << 20)  # starts where 25 stored keys did, equal to none
         assert m.get(absent, "none") == h.get(absent, "none") == "none"
-    assert m.get(-5) is None and 99 * M + 9 not in h
+    assert m.get(-5) is None and 99 + (1 << 40) not in h
+
+
+@pytest.mark.parametrize("pair", [(-1, -2), (5, 5 + M), ("", 0), ("a", ("b",))], ids=repr)
+def test_two_keys_of_one_hash_leave_the_dict_to_do_the_lookups(pair: tuple[Any, Any]) -> None:
+    # A dict compares a probe with its stored keys of equal hash in an order that depends on
+    # its history of deletions; the table would not reproduce it, so it is not built.
+    a, b = pair
+    if hash(a) != hash(b):  # ("a", ("b",)): no collision: the control
+        assert c_map({a: 1, b: 2})._read_table_size == 2
+        return
+    m = c_map({a: 1, b: 2})
+    assert m._read_table_size is None
+    assert m[a] == m.handle()[a] == 1 and m[b] == m.handle()[b] == 2
+
+
+def test_after_a_delete_and_reinsert_a_probe_meets_the_colliding_keys_as_the_pure_map_does() -> None:
+    # The dict puts a re-inserted key in the bucket its deletion freed, so -1 can come before -2
+    # on the probe's path: the C map (no table: one hash for both) must call the same __eq__s.
+    maps = {impl: VARIANTS[impl]({-2: "minus two", -1: "minus one"}) for impl in ("python", "c")}
+    for m in maps.values():
+        list(m)
+        m.delete(-1)
+        m["new"] = 0  # a dirty map without -1 (purged: its bucket freed)
+        m[-1] = "again"
+        list(m)  # promoted
+    assert maps["c"]._read_table_size is None
+    seen = {}
+    for name, target in [("python", maps["python"]), ("c", maps["c"]), ("c handle", maps["c"].handle())]:
+        calls: list[str] = []
+        try:
+            got = target.get(Probe(-2, HostileError("__eq__ refused"), calls))
+        except HostileError:
+            got = "raised"
+        seen[name] = (got, calls)
+    assert seen["c"] == seen["c handle"] == seen["python"], seen
 
 
 def test_equal_keys_of_other_types_are_found_as_a_dict_finds_them() -> None:
@@ -191,7 +227,9 @@ class Probe:
 class Recording(Identity):
     """An identity-hashed stored key that records its own __eq__ calls (so it runs first)."""
 
-    calls: ClassVar[list[str]] = []
+    def __init__(self, name: str, calls: list[str]) -> None:
+        super().__init__(name)
+        self.calls = calls
 
     def __eq__(self, other: object) -> Any:
         self.calls.append(f"stored eq {self.name}")
@@ -202,13 +240,13 @@ class Recording(Identity):
 
 @pytest.mark.parametrize("answer", [True, False, HostileError("__eq__ refused")], ids=repr)
 def test_a_probe_calls_hash_once_and_the_same_eqs_as_a_dict_in_the_same_order(answer: Any) -> None:
-    stored = Recording("s")
+    calls: list[str] = []
+    stored = Recording("s", calls)
     content = {"x": 0, stored: "v"}
     m = c_map(content)
     assert m._read_table_size == 2
     for target in (m, m.handle(), content):
-        calls: list[str] = []
-        Recording.calls = calls
+        calls.clear()
         probe = Probe(stored, answer, calls)
         try:
             got = target.get(probe, "absent") if target is not content else content.get(probe, "absent")
@@ -248,6 +286,7 @@ def test_the_table_keeps_its_keys_and_entries_whatever_happens_to_the_published_
     assert m["k3"] == "stored"
 
 
+@pytest.mark.thread_unsafe(reason="relies on gc.collect() of objects it alone created")
 def test_a_cycle_through_the_table_is_collected() -> None:
     class Value:
         pass
@@ -278,11 +317,14 @@ def test_a_large_read_map() -> None:
 # -- the C map against the pure one, stored keys pure, probes hostile ------------------------------
 
 _READS = ("load", "get", "get_default", "getitem", "contains")
+# The plain keys but -1 and "", whose hashes are -2's and 0's: two stored keys of one hash
+# leave the dict to do the lookups (tested above), and this machine is about the table.
+_STORED = plain_keys().filter(lambda k: not ((type(k) is int and k == -1) or k == ""))
 _OTHER_OPS = sorted(name for name in OPS if name != "repr")
 
 
 class TableDifferential(RuleBasedStateMachine):
-    """Every key stored is a plain key, so the C map always has its table; probes are anything.
+    """Every stored key is plain (but -1 and ""), so the C map always has its table; probes: any key.
 
     The reads use the hostile and re-entrant keys (raising and re-entering __eq__ on hash
     collisions with stored keys), through the C map and its handle; the pure map is the
@@ -306,7 +348,7 @@ class TableDifferential(RuleBasedStateMachine):
 
     @rule(
         name=st.sampled_from(_OTHER_OPS),
-        key=plain_keys(),
+        key=_STORED,
         value=VALUES_AND_MARKERS,
         other=VALUES_AND_MARKERS,
         via_map=st.booleans(),
@@ -329,5 +371,6 @@ class TableDifferential(RuleBasedStateMachine):
         assert self.c._read_table_size == len(published)  # the table was built, and used
 
 
+@pytest.mark.thread_unsafe(reason="hypothesis runs one state machine at a time")
 def test_the_table_gives_the_pure_maps_results() -> None:
     within(600, lambda: run_state_machine_as_test(TableDifferential, settings=settings(SETTINGS)))
